@@ -1,0 +1,176 @@
+"""The one home of mdflow_ros's constants and flow maths.
+
+Every network, loss, exporter and backend takes these from here: the input normalisation,
+the teacher's flow scale (``DIV_FLOW``), the 53-offset correlation pattern, warping,
+per-axis flow resizing, the forward-backward check and the census distance.
+
+Conventions used throughout the project:
+- images are float tensors ``(B, 3, H, W)`` holding RGB in [0, 1];
+- a flow ``(B, 2, H, W)`` holds (u, v) in pixels of the image it is defined on, from
+  frame 1 to frame 2: pixel ``(x, y)`` of frame 1 moves to ``(x + u, y + v)`` in frame 2.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DIV_FLOW: float = 20.0
+"""The teacher stores flow as (pixels at the input resolution) / DIV_FLOW."""
+
+ALIGN_CORNERS: bool = True
+"""grid_sample convention for every warp (MDFlow / FastFlowNet v2)."""
+
+SIZE_MULTIPLE: int = 64
+"""Network input sides must be multiples of this (FastFlowNet's coarsest level is 1/64)."""
+
+MIN_SIDE: int = 64
+"""Smallest image side the estimator accepts."""
+
+MAX_DISPLACEMENT: int = 4
+"""Correlation search radius in pixels of the feature level (9 x 9 candidate offsets)."""
+
+CDDC_CHANNELS: tuple[int, ...] = (
+    0, 2, 4, 6, 8,
+    10, 12, 14, 16,
+    18, 20, 21, 22, 23, 24, 26,
+    28, 29, 30, 31, 32, 33, 34,
+    36, 38, 39, 40, 41, 42, 44,
+    46, 47, 48, 49, 50, 51, 52,
+    54, 56, 57, 58, 59, 60, 62,
+    64, 66, 68, 70,
+    72, 74, 76, 78, 80,
+)
+"""FastFlowNet's "center dense dilated" subset of the 81 offsets, channel k = (dy+4)*9 + (dx+4)."""
+
+CDDC_OFFSETS: tuple[tuple[int, int], ...] = tuple(
+    (k // 9 - MAX_DISPLACEMENT, k % 9 - MAX_DISPLACEMENT) for k in CDDC_CHANNELS
+)
+"""The same 53 offsets as (dy, dx) pairs, in channel order (dy-major)."""
+
+OCC_SCALE: float = 0.01
+OCC_BIAS: float = 0.5
+"""Forward-backward check: visible when |F_f + W(F_b)|^2 < OCC_SCALE (|F_f|^2 + |W(F_b)|^2) + OCC_BIAS."""
+
+CENSUS_RADIUS: int = 1
+"""Census patch radius (3 x 3 patch), ARFlow's soft Hamming."""
+
+RELIABLE_TAU: float = 0.3
+"""Default census-distance threshold of a reliable match (training configs override it)."""
+
+GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.5870, 0.1140)
+
+
+def normalize_pair(img1: torch.Tensor, img2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MDFlow's centralisation: subtract one scalar per sample, the mean of both images.
+
+    img1, img2: (B, 3, H, W) RGB in [0, 1]. Returns both minus their joint mean (B, 1, 1, 1).
+    The mean is symmetric in the two images, so (I1, I2) and (I2, I1) are normalised alike.
+    """
+    mean = (img1.mean(dim=(1, 2, 3), keepdim=True) + img2.mean(dim=(1, 2, 3), keepdim=True)) * 0.5
+    return img1 - mean, img2 - mean
+
+
+def pixel_grid(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) grid of pixel coordinates (x, y), dtype and device of ``like``."""
+    ys = torch.arange(height, dtype=like.dtype, device=like.device)
+    xs = torch.arange(width, dtype=like.dtype, device=like.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=0).unsqueeze(0).expand(batch, 2, height, width)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Backward warp: out(p) = x(p + flow(p)), bilinear, align_corners=True.
+
+    x: (B, C, H, W); flow: (B, 2, H, W) in pixels of x. Samples outside x read zeros
+    (``padding_mode="zeros"``, the network's feature warp) or the border (``"border"``,
+    the photometric loss).
+    """
+    b, _, h, w = x.shape
+    coords = pixel_grid(b, h, w, flow) + flow
+    gx = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
+    gy = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0
+    grid = torch.stack((gx, gy), dim=3)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize a flow field (B, 2, h, w) to (B, 2, height, width), scaling u and v per axis.
+
+    Bilinear, align_corners=False (MDFlow's evaluation); u is multiplied by width / w and v
+    by height / h, so the result is in pixels of the new size.
+    """
+    h, w = flow.shape[-2:]
+    if (h, w) == (height, width):
+        return flow
+    out = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    scale = torch.tensor([width / w, height / h], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+    return out * scale
+
+
+def fb_ratio(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
+    """Forward-backward inconsistency relative to its tolerance, (B, 1, H, W), >= 0.
+
+    flow_fw: (B, 2, H, W) frame 1 -> 2; flow_bw: (B, 2, H, W) frame 2 -> 1, both in pixels.
+    The pixel is visible (not occluded) exactly when the ratio is below 1.
+    """
+    bw_at_fw = warp(flow_bw, flow_fw)
+    err = (flow_fw + bw_at_fw).pow(2).sum(1, keepdim=True)
+    tol = OCC_SCALE * (flow_fw.pow(2).sum(1, keepdim=True) + bw_at_fw.pow(2).sum(1, keepdim=True)) + OCC_BIAS
+    return err / tol
+
+
+def visible_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
+    """Non-occlusion mask O_f (B, 1, H, W): 1 where the forward-backward check passes, else 0."""
+    return (fb_ratio(flow_fw, flow_bw) < 1.0).to(flow_fw.dtype)
+
+
+def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) luma in [0, 1]."""
+    r, g, b = GRAY_WEIGHTS
+    return img[:, 0:1] * r + img[:, 1:2] * g + img[:, 2:3] * b
+
+
+def census_transform(img: torch.Tensor, radius: int = CENSUS_RADIUS) -> torch.Tensor:
+    """Soft census signature (B, P, H, W) of an RGB image, P = (2 radius + 1)^2.
+
+    Each channel is t = d / sqrt(0.81 + d^2) with d the difference (on a 0-255 luma scale)
+    between a patch neighbour and the centre; neighbours outside the image count as 0.
+    """
+    gray = rgb_to_gray(img) * 255.0
+    size = 2 * radius + 1
+    patches = F.unfold(gray, kernel_size=size, padding=radius)
+    patches = patches.view(gray.shape[0], size * size, gray.shape[2], gray.shape[3])
+    diff = patches - gray
+    return diff / torch.sqrt(0.81 + diff * diff)
+
+
+def census_distance(img1: torch.Tensor, img2: torch.Tensor, radius: int = CENSUS_RADIUS) -> torch.Tensor:
+    """Soft Hamming distance of census signatures, (B, 1, H, W) in [0, 1).
+
+    img1, img2: (B, 3, H, W) RGB in [0, 1]. Mean over the patch of d^2 / (0.1 + d^2), with d
+    the signature difference (ARFlow's ternary loss); 0 for identical patches.
+    """
+    d = census_transform(img1, radius) - census_transform(img2, radius)
+    d2 = d * d
+    return (d2 / (0.1 + d2)).mean(dim=1, keepdim=True)
+
+
+def reliable_mask(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
+                  tau: float = RELIABLE_TAU) -> torch.Tensor:
+    """MDFlow's reliable matches M_f = [census(I1, warp(I2, F_f)) <= tau] * O_f, (B, 1, H, W)."""
+    dist = census_distance(img1, warp(img2, flow_fw, padding_mode="border"))
+    return (dist <= tau).to(flow_fw.dtype) * visible_mask(flow_fw, flow_bw)
+
+
+def confidence(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
+               tau: float = RELIABLE_TAU) -> torch.Tensor:
+    """Per-pixel confidence (B, H, W) in [0, 1] of the forward flow.
+
+    Combines the forward-backward check and the census photometric check into
+    2 ** -max(fb_ratio, census / tau): 1 for a perfect match, exactly 0.5 on the border of
+    MDFlow's reliable mask (so confidence > 0.5 selects the reliable matches), then decaying.
+    """
+    ratio = fb_ratio(flow_fw, flow_bw)
+    photometric = census_distance(img1, warp(img2, flow_fw, padding_mode="border")) / tau
+    worst = torch.maximum(ratio, photometric)
+    return torch.exp2(-worst)[:, 0]
