@@ -11,6 +11,8 @@ Conventions used throughout the project:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -86,10 +88,23 @@ def warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> to
     the photometric loss).
     """
     b, _, h, w = x.shape
-    coords = pixel_grid(b, h, w, flow) + flow
-    gx = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
-    gy = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0
-    grid = torch.stack((gx, gy), dim=3)
+    return sample(x, pixel_grid(b, h, w, flow) + flow, padding_mode)
+
+
+def sample(x: torch.Tensor, coords: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Bilinear samples of x (N, C, h, w) at pixel coordinates coords (N, 2, H, W) -> (N, C, H, W).
+
+    coords hold (x, y) in pixels of x (0 is the first pixel centre); align_corners=True maps
+    them exactly onto grid_sample's normalised range. While exporting to ONNX the side
+    lengths are symbolic, so the guard for one-pixel-wide maps is left out of the graph (the
+    networks never warp a map narrower than 2 pixels).
+    """
+    h, w = x.shape[-2:]
+    if torch.onnx.is_in_onnx_export():
+        sx, sy = 2.0 / (w - 1), 2.0 / (h - 1)
+    else:
+        sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+    grid = torch.stack((coords[:, 0] * sx - 1.0, coords[:, 1] * sy - 1.0), dim=3)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
 
 
@@ -173,4 +188,13 @@ def confidence(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, fl
     ratio = fb_ratio(flow_fw, flow_bw)
     photometric = census_distance(img1, warp(img2, flow_fw, padding_mode="border")) / tau
     worst = torch.maximum(ratio, photometric)
-    return torch.exp2(-worst)[:, 0]
+    return torch.exp(-math.log(2.0) * worst)[:, 0]
+
+
+def teacher_flow_to_pixels(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Teacher output (B, 2, h, w) in pixels / DIV_FLOW -> (B, 2, height, width) in pixels.
+
+    The teacher's values are already in units of the input resolution, so upsampling is
+    bilinear (align_corners=False) with no per-axis magnitude scaling, then times DIV_FLOW.
+    """
+    return DIV_FLOW * F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)

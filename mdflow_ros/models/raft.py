@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdflow_ros.flow import ALIGN_CORNERS, normalize_pair, pixel_grid
+from mdflow_ros.flow import normalize_pair, pixel_grid, sample
 
 HIDDEN_DIM = 128
 CONTEXT_DIM = 128
@@ -90,11 +90,8 @@ class CorrelationPyramid:
         centre = coords.permute(0, 2, 3, 1).reshape(b * h * w, 1, 1, 2)
         out = []
         for i, corr in enumerate(self.levels):
-            pts = centre / 2 ** i + self.delta
-            hh, ww = corr.shape[-2:]
-            grid = torch.stack((2 * pts[..., 0] / max(ww - 1, 1) - 1, 2 * pts[..., 1] / max(hh - 1, 1) - 1), dim=-1)
-            sampled = F.grid_sample(corr, grid, mode="bilinear", align_corners=ALIGN_CORNERS)
-            out.append(sampled.view(b, h, w, -1))
+            pts = (centre / 2 ** i + self.delta).permute(0, 3, 1, 2)
+            out.append(sample(corr, pts).view(b, h, w, -1))
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2)
 
 

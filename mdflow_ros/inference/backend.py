@@ -1,0 +1,26 @@
+"""The one small interface every inference backend implements, and its errors."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here (library missing, no GPU, wrong model kind); the message says why."""
+
+
+class Backend(Protocol):
+    """Runs the deployed graph (models/deploy.py) on one pair at network resolution.
+
+    ``run`` takes img1, img2 as (1, 3, H, W) float32 RGB in [0, 1] (H, W multiples of 64) and
+    returns flow (1, 2, H, W) float32 in pixels, frame 1 -> 2, and confidence (1, H, W) in
+    [0, 1], or None when the backend was built without confidence.
+    """
+
+    name: str
+    description: str
+    with_confidence: bool
+
+    def run(self, img1: np.ndarray, img2: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        ...

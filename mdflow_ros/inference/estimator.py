@@ -1,0 +1,197 @@
+"""FlowEstimator: two camera frames in, dense flow and confidence out, on any backend.
+
+Used by the node, the CLI, training's evaluation and the benchmarks. It validates and
+converts the frames, resizes them to the network size (multiples of 64), runs a backend
+(TensorRT, ONNX Runtime or PyTorch, all running the same deployed graph) and maps the flow
+back to the input resolution with per-axis scaling.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mdflow_ros.flow import MIN_SIDE, SIZE_MULTIPLE
+from mdflow_ros.inference.backend import Backend, BackendUnavailable
+from mdflow_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+from mdflow_ros.inference.torch_backend import TorchBackend
+
+LOG = logging.getLogger("mdflow_ros.inference")
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_TEACHER = WEIGHTS_DIR / "teacher_fastflownet.pt"
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
+ENCODINGS = ("rgb8", "bgr8", "mono8")
+
+
+class ModelNotShippedError(FileNotFoundError):
+    """No model was given and this installation has no trained default model."""
+
+
+class InputError(ValueError):
+    """A frame given to FlowEstimator.estimate is not a valid image (the message says why)."""
+
+
+@dataclass
+class FlowResult:
+    """flow (H, W, 2) float32 pixels frame 1 -> 2 at the input size; confidence (H, W) in [0, 1] or None."""
+
+    flow: np.ndarray
+    confidence: np.ndarray | None
+
+    def __iter__(self):
+        return iter((self.flow, self.confidence))
+
+
+def default_model() -> Path:
+    """The shipped teacher, or ModelNotShippedError saying what to do instead."""
+    if not DEFAULT_TEACHER.is_file():
+        raise ModelNotShippedError(
+            f"no trained default model is shipped in this installation (expected {DEFAULT_TEACHER}). "
+            "Pass model=PATH to a model file (.pt or .onnx) trained with training/train.py; "
+            "mdflow_ros never falls back to untrained weights.")
+    return DEFAULT_TEACHER
+
+
+def network_size(height: int, width: int) -> tuple[int, int]:
+    """The network input size for a frame: each side rounded to the nearest multiple of 64 (at least 64)."""
+    return tuple(max(SIZE_MULTIPLE, int(round(s / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for s in (height, width))
+
+
+def to_rgb_float(img: np.ndarray, encoding: str, name: str) -> np.ndarray:
+    """Validate one frame and return it as (H, W, 3) float32 RGB in [0, 1].
+
+    Accepts uint8 (H, W, 3) in ``encoding`` "rgb8" or "bgr8", uint8 (H, W) or (H, W, 1)
+    "mono8" (replicated to three channels), or float32/float64 arrays of those shapes in
+    [0, 1]. Anything else raises InputError.
+    """
+    if not isinstance(img, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, got {type(img).__name__}")
+    if encoding not in ENCODINGS:
+        raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"{name} must be HxWx3 (RGB/BGR) or HxW (mono), got shape {img.shape}")
+    if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
+        raise InputError(f"{name} is {img.shape[1]}x{img.shape[0]} px; both sides must be at least {MIN_SIDE} px")
+    if img.dtype == np.uint8:
+        out = img.astype(np.float32) * (1.0 / 255.0)
+    elif img.dtype in (np.float32, np.float64):
+        if not np.isfinite(img).all():
+            raise InputError(f"{name} contains NaN or Inf values")
+        if img.min() < 0.0 or img.max() > 1.0:
+            raise InputError(f"{name} is floating point with values in [{img.min():.3g}, {img.max():.3g}]; expected [0, 1]")
+        out = img.astype(np.float32)
+    else:
+        raise InputError(f"{name} has dtype {img.dtype}; expected uint8 (or float32 in [0, 1])")
+    return out[:, :, ::-1] if encoding == "bgr8" else out
+
+
+class FlowEstimator:
+    """Dense optical flow between two frames with a trained MDFlow network.
+
+    backend: "auto" (TensorRT, then ONNX Runtime GPU, ONNX Runtime CPU, then PyTorch; the
+    choice and the reasons are logged), "tensorrt", "onnxruntime" or "pytorch".
+    model: a model file (.pt, or .onnx for ONNX Runtime); None means the shipped teacher.
+    input_size: fixed network (height, width), multiples of 64; None picks per frame size.
+    confidence: compute the confidence map (one batched forward + backward pass); False runs
+    the forward pass only, about twice as fast.
+    threads: intra-op CPU threads (None: the library default).
+    """
+
+    def __init__(self, backend: str = "auto", model: str | Path | None = None,
+                 input_size: tuple[int, int] | None = None, confidence: bool = True,
+                 threads: int | None = None, device: str = "cpu"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if input_size is not None:
+            h, w = input_size
+            if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
+                raise ValueError(f"input_size must be positive multiples of {SIZE_MULTIPLE}, got {input_size}")
+        self.model_path = Path(model) if model is not None else default_model()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"model file {self.model_path} does not exist")
+        self.input_size = input_size
+        self.with_confidence = confidence
+        self.backend: Backend = self._open_backend(backend, threads, device)
+        self.last_inference_s = 0.0
+        LOG.info("FlowEstimator: %s (model %s)", self.backend.description, self.model_path.name)
+
+    def _open_backend(self, backend: str, threads: int | None, device: str) -> Backend:
+        makers = {
+            "tensorrt": lambda: _tensorrt_backend(self.model_path, self.with_confidence, self.input_size),
+            "onnxruntime-gpu": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, gpu=True, threads=threads),
+            "onnxruntime": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, threads=threads),
+            "pytorch": lambda: TorchBackend(self.model_path, self.with_confidence, device=device, threads=threads),
+        }
+        if backend != "auto":
+            return makers[backend]()
+        reasons = []
+        for name, make in makers.items():
+            try:
+                chosen = make()
+            except BackendUnavailable as err:
+                reasons.append(f"{name}: {err}")
+                continue
+            LOG.info("backend 'auto' chose %s%s", name, "".join(f"; skipped {r}" for r in reasons))
+            return chosen
+        raise BackendUnavailable("no backend could run this model: " + "; ".join(reasons))
+
+    def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8") -> FlowResult:
+        """Flow from img1 to img2 (and its confidence), at the frames' resolution.
+
+        img1, img2: (H, W, 3) uint8 RGB (or BGR with encoding="bgr8"), or (H, W) mono8;
+        both the same size, each side at least 64 px. Returns a FlowResult (unpacks as
+        ``flow, confidence``): flow (H, W, 2) float32 in pixels, (u, v) = where each pixel
+        of img1 moves to in img2; confidence (H, W) float32 in [0, 1] (> 0.5: a reliable
+        match by MDFlow's forward-backward and census checks), None when disabled.
+        """
+        a = to_rgb_float(img1, encoding, "img1")
+        b = to_rgb_float(img2, encoding, "img2")
+        if a.shape != b.shape:
+            raise InputError(f"frames differ in size: img1 is {a.shape[1]}x{a.shape[0]}, img2 is {b.shape[1]}x{b.shape[0]}")
+        height, width = a.shape[:2]
+        nh, nw = self.input_size or network_size(height, width)
+        batch1, batch2 = (_to_batch(x, nh, nw) for x in (a, b))
+        start = time.perf_counter()
+        flow, conf = self.backend.run(batch1, batch2)
+        self.last_inference_s = time.perf_counter() - start
+        return FlowResult(_flow_to_input(flow[0], height, width), None if conf is None else _map_to_input(conf[0], height, width))
+
+
+def _to_batch(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float32 -> (1, 3, height, width) float32 contiguous, bilinear resize."""
+    if img.shape[:2] != (height, width):
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+
+
+def _map_to_input(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) map -> (height, width) float32, bilinear."""
+    if values.shape != (height, width):
+        values = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _flow_to_input(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(2, h, w) flow in network pixels -> (height, width, 2) in input pixels (per-axis scaling)."""
+    h, w = flow.shape[1:]
+    u = _map_to_input(flow[0], height, width) * (width / w)
+    v = _map_to_input(flow[1], height, width) * (height / h)
+    return np.stack((u, v), axis=2)
+
+
+def _tensorrt_backend(model_path: Path, with_confidence: bool, input_size: tuple[int, int] | None) -> Backend:
+    """The TensorRT backend (imported lazily: TensorRT and PyCUDA load only here)."""
+    try:
+        from mdflow_ros.inference.tensorrt_backend import TensorRTBackend
+    except ImportError as err:
+        raise BackendUnavailable(f"TensorRT backend unavailable: {err}") from None
+    return TensorRTBackend(model_path, with_confidence, input_size)

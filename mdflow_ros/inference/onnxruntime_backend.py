@@ -1,0 +1,57 @@
+"""The ONNX Runtime backend (CPU, or CUDA with onnxruntime-gpu)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mdflow_ros.inference.backend import BackendUnavailable
+from mdflow_ros.inference.onnx_export import META_CONFIDENCE, cached_export, onnx_metadata
+
+
+def session_options(threads: int | None):
+    """ORT session options: all graph optimisations, ``threads`` intra-op threads (None: ORT's default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+class OnnxRuntimeBackend:
+    """Deployed graph in an ONNX Runtime session; a .pt model is exported (and cached) first."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, with_confidence: bool, gpu: bool = False, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise BackendUnavailable(f"onnxruntime is not installed ({err})") from None
+        model_path = Path(model_path)
+        if model_path.suffix == ".onnx":
+            has_conf = onnx_metadata(model_path).get(META_CONFIDENCE) == "1"
+            if has_conf != with_confidence:
+                kind = "with" if has_conf else "without"
+                raise BackendUnavailable(
+                    f"{model_path} was exported {kind} confidence, but confidence={with_confidence} was asked for; "
+                    "export the other variant or pass the .pt model file")
+            onnx_path = model_path
+        else:
+            onnx_path = cached_export(model_path, with_confidence)
+        available = ort.get_available_providers()
+        if gpu and "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(f"ONNX Runtime has no CUDA provider here (providers: {available})")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=providers)
+        self.with_confidence = with_confidence
+        self.onnx_path = onnx_path
+        used = self.session.get_providers()[0]
+        self.description = f"ONNX Runtime {ort.__version__}, {used}, {threads or 'default'} threads, {onnx_path.name}"
+
+    def run(self, img1: np.ndarray, img2: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {"img1": img1, "img2": img2})
+        return out[0], (out[1] if self.with_confidence else None)
