@@ -122,7 +122,8 @@ def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out * scale
 
 
-def fb_ratio(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
+def fb_ratio(flow_fw: torch.Tensor, flow_bw: torch.Tensor, scale: float = OCC_SCALE, bias: float = OCC_BIAS
+             ) -> torch.Tensor:
     """Forward-backward inconsistency relative to its tolerance, (B, 1, H, W), >= 0.
 
     flow_fw: (B, 2, H, W) frame 1 -> 2; flow_bw: (B, 2, H, W) frame 2 -> 1, both in pixels.
@@ -130,13 +131,14 @@ def fb_ratio(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
     """
     bw_at_fw = warp(flow_bw, flow_fw)
     err = (flow_fw + bw_at_fw).pow(2).sum(1, keepdim=True)
-    tol = OCC_SCALE * (flow_fw.pow(2).sum(1, keepdim=True) + bw_at_fw.pow(2).sum(1, keepdim=True)) + OCC_BIAS
+    tol = scale * (flow_fw.pow(2).sum(1, keepdim=True) + bw_at_fw.pow(2).sum(1, keepdim=True)) + bias
     return err / tol
 
 
-def visible_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor:
+def visible_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor, scale: float = OCC_SCALE, bias: float = OCC_BIAS
+                 ) -> torch.Tensor:
     """Non-occlusion mask O_f (B, 1, H, W): 1 where the forward-backward check passes, else 0."""
-    return (fb_ratio(flow_fw, flow_bw) < 1.0).to(flow_fw.dtype)
+    return (fb_ratio(flow_fw, flow_bw, scale, bias) < 1.0).to(flow_fw.dtype)
 
 
 def rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
@@ -171,10 +173,10 @@ def census_distance(img1: torch.Tensor, img2: torch.Tensor, radius: int = CENSUS
 
 
 def reliable_mask(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
-                  tau: float = RELIABLE_TAU) -> torch.Tensor:
+                  tau: float = RELIABLE_TAU, occ_scale: float = OCC_SCALE, occ_bias: float = OCC_BIAS) -> torch.Tensor:
     """MDFlow's reliable matches M_f = [census(I1, warp(I2, F_f)) <= tau] * O_f, (B, 1, H, W)."""
     dist = census_distance(img1, warp(img2, flow_fw, padding_mode="border"))
-    return (dist <= tau).to(flow_fw.dtype) * visible_mask(flow_fw, flow_bw)
+    return (dist <= tau).to(flow_fw.dtype) * visible_mask(flow_fw, flow_bw, occ_scale, occ_bias)
 
 
 def confidence(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,

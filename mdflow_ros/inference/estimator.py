@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from mdflow_ros.flow import MIN_SIDE, SIZE_MULTIPLE
 from mdflow_ros.inference.backend import Backend, BackendUnavailable
@@ -99,14 +100,15 @@ class FlowEstimator:
 
     backend: "auto" (TensorRT, then ONNX Runtime GPU, ONNX Runtime CPU, then PyTorch; the
     choice and the reasons are logged), "tensorrt", "onnxruntime" or "pytorch".
-    model: a model file (.pt, or .onnx for ONNX Runtime); None means the shipped teacher.
+    model: a model file (.pt, or .onnx for ONNX Runtime), or a network instance for the
+    pytorch backend (training's evaluation); None means the shipped teacher.
     input_size: fixed network (height, width), multiples of 64; None picks per frame size.
     confidence: compute the confidence map (one batched forward + backward pass); False runs
     the forward pass only, about twice as fast.
     threads: intra-op CPU threads (None: the library default).
     """
 
-    def __init__(self, backend: str = "auto", model: str | Path | None = None,
+    def __init__(self, backend: str = "auto", model: str | Path | torch.nn.Module | None = None,
                  input_size: tuple[int, int] | None = None, confidence: bool = True,
                  threads: int | None = None, device: str = "cpu"):
         if backend not in BACKENDS:
@@ -115,9 +117,15 @@ class FlowEstimator:
             h, w = input_size
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
                 raise ValueError(f"input_size must be positive multiples of {SIZE_MULTIPLE}, got {input_size}")
-        self.model_path = Path(model) if model is not None else default_model()
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"model file {self.model_path} does not exist")
+        if isinstance(model, torch.nn.Module):
+            if backend != "pytorch":
+                raise ValueError("a network instance runs on the pytorch backend only; save it to a model file for others")
+            self.model_path = Path(f"<{type(model).__name__} in memory>")
+        else:
+            self.model_path = Path(model) if model is not None else default_model()
+            if not self.model_path.is_file():
+                raise FileNotFoundError(f"model file {self.model_path} does not exist")
+        self.model = model if isinstance(model, torch.nn.Module) else self.model_path
         self.input_size = input_size
         self.with_confidence = confidence
         self.backend: Backend = self._open_backend(backend, threads, device)
@@ -129,7 +137,7 @@ class FlowEstimator:
             "tensorrt": lambda: _tensorrt_backend(self.model_path, self.with_confidence, self.input_size),
             "onnxruntime-gpu": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, gpu=True, threads=threads),
             "onnxruntime": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, threads=threads),
-            "pytorch": lambda: TorchBackend(self.model_path, self.with_confidence, device=device, threads=threads),
+            "pytorch": lambda: TorchBackend(self.model, self.with_confidence, device=device, threads=threads),
         }
         if backend != "auto":
             return makers[backend]()

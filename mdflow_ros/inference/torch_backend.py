@@ -12,19 +12,21 @@ from mdflow_ros.models.model_file import load_model
 
 
 class TorchBackend:
-    """Deployed graph in PyTorch on CPU or CUDA, under inference_mode."""
+    """Deployed graph in PyTorch on CPU or CUDA, under inference_mode; model is a file or a network."""
 
     name = "pytorch"
 
-    def __init__(self, model_path: str | Path, with_confidence: bool, device: str = "cpu", threads: int | None = None):
-        if Path(model_path).suffix == ".onnx":
-            raise BackendUnavailable(f"the pytorch backend needs a .pt model file, got {model_path}")
+    def __init__(self, model: str | Path | torch.nn.Module, with_confidence: bool, device: str = "cpu",
+                 threads: int | None = None):
+        if not isinstance(model, torch.nn.Module) and Path(model).suffix == ".onnx":
+            raise BackendUnavailable(f"the pytorch backend needs a .pt model file, got {model}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("device 'cuda' was asked for but torch sees no CUDA device")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.graph = DeployedFlow(load_model(model_path), with_confidence).to(self.device)
+        net = model if isinstance(model, torch.nn.Module) else load_model(model)
+        self.graph = DeployedFlow(net, with_confidence).to(self.device)
         self.with_confidence = with_confidence
         self.description = f"PyTorch {torch.__version__} on {self.device}, {torch.get_num_threads()} threads"
 

@@ -68,19 +68,24 @@ def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
     atomic_torch_save({"arch": arch_name(model), "state_dict": state, "meta": dict(meta or {})}, path)
 
 
-def load_model_file(path: str | Path) -> ModelFile:
-    """Read a model file or training checkpoint without unpickling arbitrary objects."""
+def read_torch_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain data only, clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ModelFileError(
             f"{path} was refused: it holds objects other than tensors and plain data "
             f"(a file that could run code when loaded). Details: {str(err).splitlines()[0]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise ModelFileError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {err}") from None
+
+
+def load_model_file(path: str | Path) -> ModelFile:
+    """Read a model file or training checkpoint without unpickling arbitrary objects."""
+    data = read_torch_file(path)
     if not isinstance(data, dict) or "arch" not in data or "state_dict" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ModelFileError(f"{path} is not an mdflow_ros model file: expected keys 'arch' and 'state_dict', found {keys}")

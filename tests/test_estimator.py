@@ -1,0 +1,133 @@
+"""FlowEstimator: shapes and units, backends agreeing, the shipped-model rule, and bad input."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
+from mdflow_ros.inference.estimator import DEFAULT_TEACHER, _flow_to_input, network_size
+from mdflow_ros.models import FastFlowNet
+from mdflow_ros.models.model_file import ModelFileError, load_model_file, save_model_file
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A FastFlowNet model file with fixed (untrained) weights: enough for plumbing and parity."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "teacher.pt"
+    save_model_file(path, FastFlowNet(), {"note": "fixed-seed weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[np.ndarray, np.ndarray]:
+    """Two real frames: a crop of scikit-image's astronaut and the same crop moved by (3, 2) px."""
+    img = data.astronaut()
+    return img[40:280, 60:380].copy(), img[38:278, 57:377].copy()
+
+
+@pytest.fixture(scope="module")
+def estimator(model_file) -> FlowEstimator:
+    return FlowEstimator(backend="pytorch", model=model_file, threads=2)
+
+
+def test_no_model_means_the_shipped_teacher_and_never_random_weights():
+    if DEFAULT_TEACHER.is_file():
+        assert FlowEstimator(backend="pytorch").model_path == DEFAULT_TEACHER
+    else:
+        with pytest.raises(ModelNotShippedError, match="never falls back to untrained weights"):
+            FlowEstimator()
+
+
+def test_output_is_at_input_resolution_for_odd_sizes(estimator, photos):
+    a, b = photos[0][:97, :131], photos[1][:97, :131]
+    flow, conf = estimator.estimate(a, b)
+    assert flow.shape == (97, 131, 2) and flow.dtype == np.float32
+    assert conf.shape == (97, 131) and conf.dtype == np.float32
+    assert 0.0 <= conf.min() and conf.max() <= 1.0
+
+
+def test_forward_only_mode_has_no_confidence_and_the_same_flow(model_file, estimator, photos):
+    fwd = FlowEstimator(backend="pytorch", model=model_file, confidence=False)
+    flow, conf = fwd.estimate(*photos)
+    assert conf is None
+    np.testing.assert_allclose(flow, estimator.estimate(*photos).flow, atol=1e-4)
+
+
+def test_bgr_and_mono_inputs_are_converted(estimator, photos):
+    a, b = photos
+    rgb = estimator.estimate(a, b).flow
+    np.testing.assert_allclose(estimator.estimate(a[:, :, ::-1].copy(), b[:, :, ::-1].copy(), encoding="bgr8").flow, rgb,
+                               atol=1e-4)
+    gray = estimator.estimate(a[:, :, 1], b[:, :, 1], encoding="mono8")
+    assert gray.flow.shape == rgb.shape
+
+
+def test_flow_is_scaled_per_axis_when_mapped_back():
+    net_flow = np.stack((np.full((64, 128), 2.0, np.float32), np.full((64, 128), 1.0, np.float32)))
+    out = _flow_to_input(net_flow, 128, 64)
+    np.testing.assert_allclose(out[..., 0], 1.0)
+    np.testing.assert_allclose(out[..., 1], 2.0)
+    assert network_size(436, 1024) == (448, 1024) and network_size(70, 90) == (64, 64)
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(model_file, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("MDFLOW_CACHE", str(tmp_path))
+    torch_est = FlowEstimator(backend="pytorch", model=model_file)
+    ort_est = FlowEstimator(backend="onnxruntime", model=model_file)
+    a, b = photos
+    ft, ct = torch_est.estimate(a, b)
+    fo, co = ort_est.estimate(a, b)
+    diff = float(np.abs(ft - fo).max())
+    print(f"max |flow_onnxruntime - flow_pytorch| = {diff:.2e} px, confidence {np.abs(ct - co).max():.2e}")
+    assert diff < 0.01
+    assert np.abs(ct - co).max() < 0.01
+
+
+@pytest.mark.parametrize("img1, img2, message", [
+    (np.zeros((100, 100, 3), np.int32), np.zeros((100, 100, 3), np.int32), "dtype int32"),
+    (np.zeros((100, 100, 4), np.uint8), np.zeros((100, 100, 4), np.uint8), "HxWx3"),
+    (np.zeros((100, 100, 3), np.uint8), np.zeros((100, 120, 3), np.uint8), "differ in size"),
+    (np.zeros((40, 100, 3), np.uint8), np.zeros((40, 100, 3), np.uint8), "at least 64"),
+    (np.full((100, 100, 3), np.nan, np.float32), np.zeros((100, 100, 3), np.float32), "NaN or Inf"),
+    (np.full((100, 100, 3), 3.0, np.float32), np.zeros((100, 100, 3), np.float32), r"expected \[0, 1\]"),
+    ([[0]], np.zeros((100, 100, 3), np.uint8), "numpy array"),
+])
+def test_bad_frames_get_a_clear_error(estimator, img1, img2, message):
+    with pytest.raises(InputError, match=message):
+        estimator.estimate(img1, img2)
+
+
+def test_missing_and_corrupt_model_files_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FlowEstimator(backend="pytorch", model=tmp_path / "nothing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        FlowEstimator(backend="pytorch", model=corrupt)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weights": torch.zeros(3)}, wrong)
+    with pytest.raises(ModelFileError, match="expected keys 'arch' and 'state_dict'"):
+        FlowEstimator(backend="pytorch", model=wrong)
+
+
+class RunsCodeOnLoad:
+    """An object whose unpickling would create a marker file (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"arch": "fastflownet", "state_dict": {}, "meta": RunsCodeOnLoad(str(marker))}, evil)
+    with pytest.raises(ModelFileError, match="refused"):
+        load_model_file(evil)
+    assert not marker.exists()

@@ -1,0 +1,58 @@
+"""Training checkpoints: written atomically, read without unpickling code, resumed exactly.
+
+A checkpoint is a model file (``arch``, ``state_dict``, ``meta``; see
+mdflow_ros.models.model_file) plus the optimiser state, the step, every RNG state and the
+config, all as tensors or plain data so that ``torch.load(weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mdflow_ros.models.model_file import ModelFileError, arch_name, atomic_torch_save, read_torch_file
+
+FORMAT = "mdflow_ros/checkpoint/1"
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG the training loop draws from, as plain data and tensors."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "augment": generator.get_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Put back the RNG states saved by ``rng_state``."""
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
+    npk = state["numpy"]
+    np.random.set_state(("MT19937", npk["key"].numpy().astype(np.uint32), npk["pos"], npk["has_gauss"], npk["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    config: dict[str, Any], generator: torch.Generator, meta: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a killed run never leaves a half-written file)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save({
+        "format": FORMAT, "arch": arch_name(model), "state_dict": state, "meta": meta,
+        "optimizer": optimizer.state_dict(), "step": step, "config": config, "rng": rng_state(generator),
+    }, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by save_checkpoint; refuses anything that would unpickle code."""
+    data = read_torch_file(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not an mdflow_ros training checkpoint (format {FORMAT})")
+    return data

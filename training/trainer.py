@@ -1,0 +1,179 @@
+"""The one training loop of every MDFlow stage, on one process or many (torchrun / DDP).
+
+A stage is a loss recipe (training/stages.py) plus the network it trains. The loop owns
+what every stage needs: the resumable data stream, Adam, atomic checkpoints with the full
+RNG state (``--resume`` continues exactly), a tqdm bar, TensorBoard scalars and pictures,
+periodic validation on ground-truth pairs, gradient clipping and mixed precision on GPUs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mdflow_ros.models.model_file import ModelFileError
+from training.augment import AugmentConfig, Augmentor
+from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from training.config import resume_differences
+from training.sampler import ResumableSampler
+
+LOG = logging.getLogger("mdflow_ros.training")
+
+LATEST = "latest.pt"
+
+
+class ResumeError(RuntimeError):
+    """A resume was asked for but the checkpoint does not belong to this run."""
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world size, local rank), initialising torch.distributed when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+class Trainer:
+    """Trains ``model`` with ``recipe`` on ``dataset`` (items: dict of tensors, indexed by (index, seed))."""
+
+    def __init__(self, config: dict[str, Any], out_dir: str | Path, model: torch.nn.Module,
+                 recipe: Callable[..., tuple[torch.Tensor, dict[str, float]]], dataset: Dataset,
+                 meta: dict[str, Any] | None = None,
+                 validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None):
+        self.cfg = config
+        self.out = Path(out_dir)
+        self.rank, self.world, local_rank = distributed_context()
+        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if config["train"]["threads"]:
+            torch.set_num_threads(config["train"]["threads"])
+        self.model = model.to(self.device)
+        self.recipe = recipe
+        self.dataset = dataset
+        self.meta = dict(meta or {})
+        self.validate = validate
+        t = config["train"]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"], eps=t["adam_eps"],
+                                          weight_decay=t["weight_decay"])
+        self.generator = torch.Generator().manual_seed(config["seed"] * 7919 + self.rank)
+        self.augmentor = Augmentor(AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in config["augment"].items()}), self.generator)
+        self.step = 0
+        self.amp = bool(t["amp"]) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / LATEST
+
+    def resume(self) -> bool:
+        """Load ``RUN_DIR/latest.pt`` if present; refuse it if it belongs to another model or config."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt["arch"] != self.meta.get("arch"):
+            raise ResumeError(f"{path} holds a {ckpt['arch']} model, but this run trains {self.meta.get('arch')}")
+        diffs = resume_differences(ckpt["config"], self.cfg)
+        if diffs:
+            raise ResumeError(f"{path} was written with another config; refusing to resume:\n  " + "\n  ".join(diffs))
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            raise ModelFileError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        restore_rng(ckpt["rng"], self.generator)
+        LOG.info("resumed %s at step %d", path, self.step)
+        return True
+
+    def save(self) -> None:
+        if self.rank == 0:
+            meta = dict(self.meta, step=self.step, config=self.cfg)
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.step, self.cfg, self.generator, meta)
+
+    def _loader(self) -> DataLoader:
+        t, d = self.cfg["train"], self.cfg["data"]
+        sampler = ResumableSampler(len(self.dataset), self.cfg["seed"], start=self.step * t["batch_size"],
+                                   rank=self.rank, world=self.world)
+        workers = d["num_workers"]
+        return DataLoader(self.dataset, batch_size=t["batch_size"], sampler=sampler, num_workers=workers,
+                          collate_fn=_collate, persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+
+    def run(self, max_steps: int | None = None) -> int:
+        """Train until the configured step count (or ``max_steps`` more steps); returns the final step."""
+        t = self.cfg["train"]
+        end = t["steps"] if max_steps is None else min(t["steps"], self.step + max_steps)
+        net = DistributedDataParallel(self.model) if self.world > 1 else self.model
+        net.train()
+        writer = self._writer()
+        bar = tqdm(total=end, initial=self.step, desc=self.cfg["stage"], disable=self.rank != 0, dynamic_ncols=True)
+        batches = iter(self._loader())
+        window_start, window_pairs = time.perf_counter(), 0
+        while self.step < end:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            with torch.autocast(self.device.type, enabled=self.amp):
+                loss, terms = self.recipe(net, batch, self.augmentor, self.cfg["loss"], self.step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at step {self.step}; last checkpoint kept at "
+                                         f"{self.checkpoint_path}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if t["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t["grad_clip"]))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            window_pairs += batch["img1"].shape[0] * self.world
+            bar.update(1)
+            if self.step % t["log_every"] == 0 and self.rank == 0:
+                rate = window_pairs / (time.perf_counter() - window_start)
+                window_start, window_pairs = time.perf_counter(), 0
+                terms["pairs_per_s"] = rate
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", pairs_s=f"{rate:.2f}")
+                for key, value in terms.items():
+                    writer.add_scalar(f"train/{key}", value, self.step)
+            if self.step % t["checkpoint_every"] == 0 or self.step == end:
+                self.save()
+            if self.validate and self.rank == 0 and (self.step % t["val_every"] == 0 or self.step == end):
+                for key, value in self.validate(self.model, self.step).items():
+                    writer.add_scalar(f"val/{key}", value, self.step)
+                LOG.info("step %d validation done", self.step)
+                self.model.train()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if self.world > 1:
+            dist.barrier()
+        return self.step
+
+    def _writer(self):
+        """TensorBoard writer of rank 0 (the other ranks log nothing)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tb")) if self.rank == 0 else None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs a run draws from outside the trainer's own generator."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
