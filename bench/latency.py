@@ -1,0 +1,143 @@
+"""Latency benchmark of the teacher against OpenCV DIS, on this machine's CPU threads.
+
+    python bench/latency.py [--model FILE.pt] [--threads 2] [--runs 20] [--out bench/results/latency.md]
+
+Every method runs in its own process (so its peak memory is its own), on the same real
+frames (scikit-image's astronaut under a known camera motion) at 512x384 and 1024x448:
+OpenCV DIS ultrafast and medium, and the teacher through PyTorch and ONNX Runtime, forward
+only and with confidence (and int8 ONNX Runtime when a quantized file is given). It reports
+the median latency after warm-up, the ratio to DIS-medium measured in the same run, the
+achieved GFLOP/s from the model's multiply-add count, and the peak resident memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = ((384, 512), (448, 1024))
+ROOFLINE_GFLOPS = 207.0
+"""Measured fp32 sgemm peak of this machine kind on 2 threads (the issue's figure)."""
+
+
+def frames(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two real frames of the requested size (the fixed demo pair, resized)."""
+    import cv2
+
+    from mdflow_ros.synthetic import fixed_demo_pair
+
+    pair = fixed_demo_pair()
+    return tuple(cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA) for x in (pair.img1, pair.img2))
+
+
+def teacher_macs(height: int, width: int) -> float:
+    """Multiply-adds of one FastFlowNet forward pass (convolutions and deconvolutions) at height x width."""
+    import torch
+
+    from mdflow_ros.models import FastFlowNet
+
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.weight[0].numel()
+        total += output.numel() * k
+
+    net = FastFlowNet().eval()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.rand(1, 3, height, width), torch.rand(1, 3, height, width))
+    return float(total)
+
+
+def make_runner(method: str, model: str | None, threads: int, height: int, width: int):
+    """A zero-argument callable computing one flow with ``method`` on the benchmark frames."""
+    import cv2
+
+    a, b = frames(height, width)
+    if method.startswith("dis-"):
+        cv2.setNumThreads(threads)
+        preset = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                  "dis-medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[method]
+        dis = cv2.DISOpticalFlow_create(preset)
+        ga, gb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (a, b))
+        return lambda: dis.calc(ga, gb, None)
+    from mdflow_ros.inference import FlowEstimator
+
+    backend, _, mode = method.partition(":")
+    est = FlowEstimator(backend="onnxruntime" if backend.startswith("onnxruntime") else backend, model=model,
+                        confidence=mode == "conf", threads=threads, input_size=(height, width))
+    return lambda: est.estimate(a, b)
+
+
+def measure(method: str, model: str | None, threads: int, height: int, width: int, runs: int) -> dict:
+    """Run inside the child process: warm up, time ``runs`` calls, report median and peak memory."""
+    run = make_runner(method, model, threads, height, width)
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1000 * statistics.median(times), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def in_child(method: str, model: str | None, threads: int, height: int, width: int, runs: int) -> dict:
+    """``measure`` in a fresh Python process, so that peak memory is per method."""
+    cmd = [sys.executable, __file__, "--child", method, "--threads", str(threads), "--runs", str(runs),
+           "--size", str(height), str(width)] + (["--model", model] if model else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="teacher model file (.pt); default: the shipped one")
+    parser.add_argument("--int8", default=None, help="an int8 ONNX file of the same teacher (optional)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.md"))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.model, args.threads, *args.size, args.runs)))
+        return
+    methods = ["dis-ultrafast", "dis-medium", "pytorch:flow", "onnxruntime:flow", "onnxruntime:conf"]
+    lines = [f"# Teacher latency on CPU ({args.threads} threads)", "",
+             f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}. "
+             f"Median of {args.runs} runs after 3 warm-up runs, each method in its own process; "
+             "`flow` = forward only, `conf` = forward + backward pass with confidence.", ""]
+    for height, width in SIZES:
+        gflop = 2 * teacher_macs(height, width) / 1e9
+        results = {m: in_child(m, args.model, args.threads, height, width, args.runs) for m in methods}
+        if args.int8:
+            results["onnxruntime-int8:flow"] = in_child("onnxruntime:flow", args.int8, args.threads, height, width, args.runs)
+        base = results["dis-medium"]["median_ms"]
+        lines += [f"## {width}x{height} (teacher forward: {gflop:.1f} GFLOP; fp32 roofline "
+                  f"{1000 * gflop / ROOFLINE_GFLOPS:.0f} ms)", "",
+                  "| method | median ms | FPS | x DIS-medium | GFLOP/s | peak MB |", "|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            ms = r["median_ms"]
+            passes = 2 if name.endswith(":conf") else 1
+            rate = f"{passes * gflop / (ms / 1000):.0f}" if not name.startswith("dis") else "-"
+            lines.append(f"| {name} | {ms:.1f} | {1000 / ms:.1f} | {ms / base:.2f} | {rate} | {r['peak_mb']:.0f} |")
+        lines.append("")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

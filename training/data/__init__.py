@@ -1,0 +1,1 @@
+"""Training data: frame sources (rosbags, videos, image folders), frame-pair datasets and benchmarks."""
