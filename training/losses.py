@@ -65,8 +65,10 @@ def photometric_loss(img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor,
 def smoothness_loss(flow: torch.Tensor, img: torch.Tensor, alpha: float = 10.0, order: int = 1) -> torch.Tensor:
     """Edge-aware smoothness of flow (B, 2, H, W) guided by img (B, 3, H, W) (scalar).
 
-    First order penalises |dF|, second order |d2F|, each weighted by exp(-alpha * mean_c |dI|)
-    in x and y; the flow is divided by min(H, W) first so the weight is resolution-independent.
+    First order penalises |dF| / 4, second order |d2F| / 2 (ARFlow's scales, so its weights 50
+    and 75 carry over), each weighted by exp(-alpha * mean_c |dI|) in x and y, averaged over
+    x and y terms alike; the flow is divided by min(H, W) first so the weight is
+    resolution-independent.
     """
     if order not in (1, 2):
         raise ValueError(f"smoothness order must be 1 or 2, got {order}")
@@ -81,7 +83,7 @@ def smoothness_loss(flow: torch.Tensor, img: torch.Tensor, alpha: float = 10.0, 
     wx = torch.exp(-alpha * dx(img).abs().mean(1, keepdim=True))
     wy = torch.exp(-alpha * dy(img).abs().mean(1, keepdim=True))
     if order == 1:
-        return ((wx * dx(flow).abs()).mean() + (wy * dy(flow).abs()).mean()) / 2
+        return ((wx * dx(flow).abs()).mean() + (wy * dy(flow).abs()).mean()) / 4
     return ((wx[..., :, 1:] * dx(dx(flow)).abs()).mean() + (wy[..., 1:, :] * dy(dy(flow)).abs()).mean()) / 2
 
 
