@@ -1,0 +1,115 @@
+"""The trainer on a real rosbag2 file: exact resume after a kill, refused resumes, and 2-process DDP."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mdflow_ros.models.model_file import ModelFileError, load_model
+from training.checkpoint import load_checkpoint
+from training.config import ConfigError, load_config
+from training.make_bag import write_known_motion_bag
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "stage": "stage1", "seed": 3,
+    "data": {"crop": [64, 64], "synthetic_pairs": 6, "num_workers": 0, "max_gap_s": 0.5},
+    "train": {"steps": 4, "batch_size": 2, "threads": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 1000},
+    "loss": {"warmup_steps": 2},
+    "validation": {"synthetic_pairs": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> Path:
+    """A real rosbag2 (mcap) of known-motion frames."""
+    return write_known_motion_bag(tmp_path_factory.mktemp("bag") / "cam", frames=8, size=(96, 128), storage="mcap")
+
+
+def write_config(path: Path, **overrides) -> Path:
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    for section, values in overrides.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(config: Path, bag: Path, out: Path, *extra: str, wait: bool = True):
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(config), "--data", str(bag),
+           "--out", str(out), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def test_resume_after_a_kill_continues_exactly(bag, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", train={"steps": 5})
+    straight = train(config, bag, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = train(config, bag, run, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run / "latest.pt").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(run / "latest.pt")["step"]
+    assert 1 <= killed_at <= 5
+
+    refused = train(config, bag, run)
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+
+    resumed = train(config, bag, run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_model(straight_path := tmp_path / "straight" / "teacher_fastflownet.pt").state_dict()
+    b = load_model(run / "teacher_fastflownet.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"killed at step {killed_at}, resumed weights differ from {straight_path}"
+    assert load_checkpoint(run / "latest.pt")["step"] == 5
+
+
+def test_resume_with_another_config_or_model_is_refused(bag, tmp_path):
+    run = tmp_path / "run"
+    first = train(write_config(tmp_path / "a.yaml", train={"steps": 1}), bag, run)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = train(write_config(tmp_path / "b.yaml", train={"steps": 2, "lr": 5e-4}), bag, run, "--resume")
+    assert other.returncode != 0 and "train.lr: checkpoint has 0.0001, config has 0.0005" in other.stderr
+    longer = train(write_config(tmp_path / "c.yaml", train={"steps": 2}), bag, run, "--resume")
+    assert longer.returncode == 0, "changing the step count is allowed"
+
+
+def test_checkpoints_hold_only_plain_data_and_load_safely(bag, tmp_path):
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path / "a.yaml", train={"steps": 1}), bag, run).returncode == 0
+    ckpt = torch.load(run / "latest.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["config"]["stage"] == "stage1" and "numpy" in ckpt["rng"]
+    assert ckpt["meta"]["data"] == [str(bag)]
+    (run / "latest.pt").write_bytes((run / "latest.pt").read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_checkpoint(run / "latest.pt")
+
+
+def test_unknown_config_keys_are_errors(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  stesp: 3\n")
+    with pytest.raises(ConfigError, match="train.stesp"):
+        load_config(path)
+
+
+def test_two_gloo_processes_hold_identical_weights(bag, tmp_path):
+    config = write_config(tmp_path / "ddp.yaml", train={"steps": 2}, loss={"warmup_steps": 1})
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000), str(REPO / "tests" / "ddp_worker.py"), str(config), str(bag), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    start = torch.load(out / "latest.pt", weights_only=True)
+    assert start["step"] == 2
