@@ -6,7 +6,12 @@ import torch
 
 from mdflow_ros.flow import CDDC_CHANNELS, CDDC_OFFSETS
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.correlation import correlation_53, correlation_reference
+from mdflow_ros.models.correlation import (
+    correlation_53,
+    correlation_53_channels_first,
+    correlation_53_channels_last,
+    correlation_reference,
+)
 
 
 def test_pattern_is_fastflownets_center_dense_dilated_subset():
@@ -29,10 +34,12 @@ def test_reference_matches_a_hand_computed_value():
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 32, 13, 5), (1, 64, 1, 3), (1, 8, 24, 32)])
-def test_fast_form_matches_reference_on_random_features_of_odd_sizes(shape):
+def test_fast_forms_match_reference_on_random_features_of_odd_sizes(shape):
     g = torch.Generator().manual_seed(sum(shape))
     f1, f2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    torch.testing.assert_close(correlation_53(f1, f2), correlation_reference(f1, f2), atol=1e-5, rtol=1e-5)
+    ref = correlation_reference(f1, f2)
+    torch.testing.assert_close(correlation_53_channels_first(f1, f2), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(correlation_53_channels_last(f1, f2), ref, atol=1e-5, rtol=1e-5)
 
 
 def real_features() -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +54,11 @@ def real_features() -> tuple[torch.Tensor, torch.Tensor]:
     return feats[3][:1], feats[3][1:]
 
 
-def test_fast_form_matches_reference_on_real_features():
+def test_fast_forms_match_reference_on_real_features():
     f1, f2 = real_features()
-    torch.testing.assert_close(correlation_53(f1, f2), correlation_reference(f1, f2), atol=1e-5, rtol=1e-4)
+    ref = correlation_reference(f1, f2)
+    torch.testing.assert_close(correlation_53(f1, f2), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(correlation_53_channels_last(f1, f2), ref, atol=1e-5, rtol=1e-4)
 
 
 def test_fast_form_exports_to_standard_onnx_ops_and_runs_in_onnx_runtime(tmp_path):

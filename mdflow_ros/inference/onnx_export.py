@@ -73,10 +73,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MDFLOW_CACHE", Path.home() / ".cache" / "mdflow_ros"))
 
 
+def graph_source_sha256() -> str:
+    """SHA-256 of the sources that define the exported graph (flow maths, models, this exporter)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in [root / "flow.py", Path(__file__).resolve(), *sorted((root / "models").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cached_export(model_path: str | Path, with_confidence: bool) -> Path:
-    """The ONNX export of a .pt model file, made once and reused while the weights are unchanged."""
+    """The ONNX export of a .pt model file, made once and reused while the weights and the graph code are unchanged."""
     sha = file_sha256(model_path)
-    out = cache_dir() / "onnx" / f"{sha[:20]}-{'conf' if with_confidence else 'flow'}.onnx"
+    key = hashlib.sha256((sha + graph_source_sha256()).encode()).hexdigest()[:20]
+    out = cache_dir() / "onnx" / f"{key}-{'conf' if with_confidence else 'flow'}.onnx"
     if not out.is_file():
         net = build_model(load_model_file(model_path), model_path)
         export_onnx(net, out, with_confidence, source_sha256=sha)
