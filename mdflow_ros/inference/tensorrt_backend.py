@@ -1,0 +1,486 @@
+"""The TensorRT backend, and the engine build shared with training/export_trt.py.
+
+TensorRT and PyCUDA are imported here only, and lazily: without them every entry point raises
+``BackendUnavailable`` saying what is missing, so this module imports anywhere.
+
+Runtime rules (the CUDA context is per thread; contexts mixed across threads or libraries give
+"invalid resource handle" errors):
+- one worker thread per backend (``GpuWorker``) does all GPU work: it retains the device's
+  primary context (the one TensorRT and the CUDA runtime use; never ``pycuda.autoinit``) and
+  pushes/pops it around every job. ``run`` may be called from any thread (a ROS executor's):
+  the call is handed to the worker and waits for its result, so no other thread touches CUDA;
+- pinned host buffers and device buffers are allocated once, at the profile's largest size;
+  each frame is copy in, ``execute_async_v3``, copy out, all on one stream;
+- engines are cached with a manifest (``engine_manifest``) and loaded only when it matches the
+  ONNX, size profile, precision, correlation route, GPU and TensorRT version; otherwise they
+  are rebuilt from the ONNX (taking minutes, logged) or refused with the reason.
+
+The engine runs the deployed graph (img1, img2 -> flow [, confidence]) from
+``onnx_export.export_onnx``. Precision: TensorRT 10 builds FP16 through its FP16 builder
+flag; TensorRT 11 removed that flag (strong typing only), so FP16 there means an FP16 ONNX
+made by NVIDIA ModelOpt AutoCast first.
+
+Status: written against the TensorRT 10/11 and PyCUDA documentation and unit-checked on a
+machine without a GPU (the thread hand-off is tested with a fake context); the TensorRT and
+PyCUDA calls themselves have not run on a GPU yet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+import numpy as np
+import onnx
+
+from mdflow_ros.inference import trt_correlation_plugin as plugin
+from mdflow_ros.inference.backend import BackendUnavailable
+from mdflow_ros.inference.engine_manifest import (DEFAULT_DYNAMIC_PROFILE, ENGINE_FILE, MANIFEST_FILE, PRECISIONS,
+                                                  ROUTES, DeviceInfo, EngineManifest, EngineSpec, ManifestError,
+                                                  Profile, atomic_write_bytes, check_engine, engine_dir,
+                                                  new_manifest, read_manifest, timing_cache_path, write_manifest)
+from mdflow_ros.inference.onnx_export import (INPUT_NAMES, META_CONFIDENCE, cache_dir, cached_export, file_sha256,
+                                              onnx_metadata)
+
+LOG = logging.getLogger("mdflow_ros.inference")
+T = TypeVar("T")
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not build an engine from the ONNX; the message says why."""
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or BackendUnavailable('TensorRT is not installed ...')."""
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise BackendUnavailable(f"TensorRT is not installed (pip install tensorrt; {err})") from None
+    return tensorrt
+
+
+def import_pycuda() -> Any:
+    """``pycuda.driver``, or BackendUnavailable('PyCUDA is not installed ...') (it also needs the CUDA driver)."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError as err:
+        raise BackendUnavailable(
+            f"PyCUDA is not installed or finds no CUDA driver (pip install pycuda; {err})") from None
+    return cuda
+
+
+def open_device(cuda: Any, device_id: int = 0) -> Any:
+    """Initialise the CUDA driver and return PyCUDA's Device ``device_id``; BackendUnavailable if there is no GPU."""
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except cuda.Error as err:
+        raise BackendUnavailable(f"no GPU: the CUDA driver could not initialise ({err})") from None
+    if count <= device_id:
+        raise BackendUnavailable(f"no GPU: CUDA device {device_id} asked for, {count} found")
+    return cuda.Device(device_id)
+
+
+def device_info(trt: Any, device: Any) -> DeviceInfo:
+    """TensorRT version, GPU name and compute capability of a PyCUDA Device."""
+    return DeviceInfo(trt.__version__, device.name(), tuple(device.compute_capability()))
+
+
+def probe_device(device_id: int = 0) -> DeviceInfo:
+    """DeviceInfo of GPU ``device_id``; BackendUnavailable naming what is missing (TensorRT, PyCUDA, a GPU)."""
+    trt = import_tensorrt()
+    cuda = import_pycuda()
+    return device_info(trt, open_device(cuda, device_id))
+
+
+def fp16_onnx_for_strong_typing(src: Path, dst: Path, route: str) -> Path:
+    """TensorRT 11 path to FP16: convert the ONNX with ModelOpt AutoCast (FP32 inputs and outputs kept).
+
+    Refused for the plugin route: AutoCast runs the graph in ONNX Runtime, which has no
+    ``mdflow::Correlation53``.
+    """
+    if route == "plugin_aot":
+        raise EngineBuildError(
+            "TensorRT 11 has no FP16 builder flag (FP16 must be in the ONNX), and ModelOpt AutoCast cannot convert "
+            "the plugin ONNX: build FP16 with correlation route onnx_ops, or FP32 with plugin_aot")
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError:
+        raise EngineBuildError(
+            "this TensorRT has no FP16 builder flag (removed in TensorRT 11): FP16 must be in the ONNX. Install "
+            "NVIDIA ModelOpt (pip install 'nvidia-modelopt[onnx]') to convert it with AutoCast, or build fp32"
+        ) from None
+    model = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return dst
+
+
+def build_engine(onnx_path: Path, out_dir: Path, spec: EngineSpec, device: DeviceInfo, workspace_mb: int = 1024,
+                 timing_cache: Path | None = None) -> EngineManifest:
+    """Build ``out_dir/model.engine`` from ``onnx_path`` and write its manifest; returns the manifest.
+
+    ``onnx_path`` is the file ``spec.onnx_sha256`` describes (the plugin ONNX for route
+    plugin_aot). Inputs img1, img2 get ``spec.profile`` (1, 3, H, W). The engine is written to
+    a temporary file and renamed, then the manifest; a crash in between leaves a manifest whose
+    SHA-256 no longer matches, which ``check_engine`` refuses. ``timing_cache`` is read if present
+    and rewritten after the build. Runs on the GPU; not yet run on one.
+    """
+    trt = import_tensorrt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.correlation_route == "plugin_aot":
+        plugin.register(device.compute_capability)
+    build_onnx = onnx_path
+    weak_fp16 = False
+    if spec.precision == "fp16":
+        if hasattr(trt.BuilderFlag, "FP16"):
+            weak_fp16 = True
+        else:
+            build_onnx = fp16_onnx_for_strong_typing(onnx_path, out_dir / f"{onnx_path.stem}.fp16.onnx",
+                                                     spec.correlation_route)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(build_onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected {build_onnx}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if weak_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name in INPUT_NAMES:
+        profile.set_shape(name, (1, 3, *spec.profile.min), (1, 3, *spec.profile.opt), (1, 3, *spec.profile.max))
+    config.add_optimization_profile(profile)
+    if timing_cache is not None:
+        previous = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        try:
+            cache = config.create_timing_cache(previous)
+        except (RuntimeError, TypeError) as err:
+            LOG.warning("ignoring the unreadable timing cache %s (%s)", timing_cache, err)
+            cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT could not build an engine from {build_onnx} (its log above says why)")
+    engine_path = out_dir / ENGINE_FILE
+    atomic_write_bytes(engine_path, bytes(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    manifest = new_manifest(spec, device, engine_path, onnx_path)
+    write_manifest(manifest, out_dir / MANIFEST_FILE)
+    return manifest
+
+
+class ContextLike(Protocol):
+    """What GpuWorker needs of a CUDA context."""
+
+    def push(self) -> None: ...
+
+    def pop(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class PrimaryContext:
+    """GPU ``device_id``'s primary context, retained through PyCUDA (create it on the thread that will use it)."""
+
+    def __init__(self, cuda: Any, device_id: int = 0):
+        self._cuda = cuda
+        self.device = open_device(cuda, device_id)
+        self._context = self.device.retain_primary_context()
+
+    def push(self) -> None:
+        self._context.push()
+
+    def pop(self) -> None:
+        self._cuda.Context.pop()
+
+    def release(self) -> None:
+        self._context.detach()
+
+
+class GpuWorker:
+    """One thread that owns a CUDA context and runs every GPU job, one at a time.
+
+    ``open_context`` runs on the worker thread; each job runs between ``push`` and ``pop`` of
+    that context, and ``release`` runs when the worker stops. ``call`` hands a job over from any
+    thread and returns its result (or raises its exception); a job calling ``call`` runs inline.
+    If ``open_context`` fails, every call raises that error.
+    """
+
+    def __init__(self, open_context: Callable[[], ContextLike], name: str = "mdflow-gpu"):
+        self._open_context = open_context
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.context: ContextLike | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, job: Callable[[], T]) -> T:
+        if threading.current_thread() is self._thread:
+            return job()
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the GPU worker is closed")
+            self._jobs.put((job, future))
+        return future.result()
+
+    def close(self) -> None:
+        """Stop after the queued jobs and release the context; later calls raise RuntimeError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        error: BaseException | None = None
+        try:
+            self.context = self._open_context()
+        except BaseException as err:
+            error = err
+        try:
+            while (item := self._jobs.get()) is not None:
+                job, future = item
+                if error is not None:
+                    future.set_exception(error)
+                    continue
+                try:
+                    self.context.push()
+                    try:
+                        result = job()
+                    finally:
+                        self.context.pop()
+                except BaseException as err:
+                    future.set_exception(err)
+                else:
+                    future.set_result(result)
+        finally:
+            if self.context is not None:
+                self.context.release()
+
+
+class EngineSession:
+    """A deserialized engine with its execution context, stream and buffers; used on the worker thread only."""
+
+    def __init__(self, trt: Any, cuda: Any, engine_bytes: bytes, profile: Profile):
+        self._cuda = cuda
+        self.profile = profile
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise BackendUnavailable("TensorRT could not deserialize the engine (its log above says why)")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if sorted(self.inputs) != sorted(INPUT_NAMES):
+            raise BackendUnavailable(f"engine inputs are {self.inputs}, expected {list(INPUT_NAMES)}")
+        self._set_size(*profile.max)
+        self.host: dict[str, np.ndarray] = {}
+        self.device: dict[str, Any] = {}
+        for name in names:
+            count = int(np.prod(tuple(self.context.get_tensor_shape(name))))
+            self.host[name] = cuda.pagelocked_empty(count, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+            self.device[name] = cuda.mem_alloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, int(self.device[name]))
+
+    def _set_size(self, height: int, width: int) -> None:
+        for name in self.inputs:
+            if not self.context.set_input_shape(name, (1, 3, height, width)):
+                raise ValueError(f"TensorRT refused input shape (1, 3, {height}, {width}) for {name}")
+        self.size = (height, width)
+
+    def infer(self, img1: np.ndarray, img2: np.ndarray) -> dict[str, np.ndarray]:
+        """img1, img2 (1, 3, H, W) float32 in [0, 1] -> {name: float32 array}.
+
+        Outputs: flow (1, 2, H, W) in pixels and, in graphs with confidence, confidence (1, H, W).
+        """
+        height, width = img1.shape[2:]
+        if img1.shape != (1, 3, height, width) or img2.shape != img1.shape:
+            raise ValueError(f"expected two (1, 3, H, W) arrays, got {img1.shape} and {img2.shape}")
+        if not self.profile.accepts(height, width):
+            raise ValueError(f"input {height}x{width} is outside the engine's size profile {self.profile}")
+        if (height, width) != self.size:
+            self._set_size(height, width)
+        cuda = self._cuda
+        for name, img in zip(INPUT_NAMES, (img1, img2)):
+            staged = self.host[name][:img.size].reshape(img.shape)
+            np.copyto(staged, img, casting="same_kind")
+            cuda.memcpy_htod_async(self.device[name], staged, self.stream)
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed (its log above says why)")
+        results = {}
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            staged = self.host[name][:int(np.prod(shape))]
+            cuda.memcpy_dtoh_async(staged, self.device[name], self.stream)
+            results[name] = (staged, shape)
+        self.stream.synchronize()
+        return {name: np.array(staged.reshape(shape), dtype=np.float32) for name, (staged, shape) in results.items()}
+
+    def close(self) -> None:
+        """Free the buffers, stream and TensorRT objects here, on the worker thread with the context pushed."""
+        for alloc in self.device.values():
+            alloc.free()
+        self.device.clear()
+        self.host.clear()
+        del self.context, self.engine, self.runtime, self.stream
+
+
+def source_onnx(model_path: Path, with_confidence: bool) -> Path:
+    """The standard-op ONNX for a .onnx or .pt model file (a .pt is exported once and cached)."""
+    if model_path.suffix == ".onnx":
+        has_conf = onnx_metadata(model_path).get(META_CONFIDENCE) == "1"
+        if has_conf != with_confidence:
+            raise BackendUnavailable(
+                f"{model_path} was exported {'with' if has_conf else 'without'} confidence, but "
+                f"confidence={with_confidence} was asked for; export the other variant or pass the .pt model file")
+        return model_path
+    return cached_export(model_path, with_confidence)
+
+
+def plugin_onnx(onnx_path: Path, out: Path) -> Path:
+    """The plugin-route variant of ``onnx_path`` at ``out``, written once per source ONNX."""
+    if not out.is_file():
+        plugin.write_plugin_onnx(onnx_path, out)
+    return out
+
+
+def cached_engine(onnx_path: Path, spec: EngineSpec, device: DeviceInfo, cache_root: Path, workspace_mb: int
+                  ) -> tuple[Path, EngineManifest]:
+    """The cached engine for ``spec`` on ``device``, built from ``onnx_path`` first when there is no valid one."""
+    folder = engine_dir(cache_root, spec, device)
+    reason = check_engine(folder / MANIFEST_FILE, spec, device)
+    if reason is None:
+        return folder / ENGINE_FILE, read_manifest(folder / MANIFEST_FILE)
+    if not folder.exists():
+        reason = "no cached engine for this model, size profile, precision and GPU yet"
+    LOG.warning("building a TensorRT engine for %s on %s (%s); this takes minutes, the result is cached in %s",
+                onnx_path.name, device.describe(), reason, folder)
+    manifest = build_engine(onnx_path, folder, spec, device, workspace_mb, timing_cache_path(cache_root, device))
+    return folder / ENGINE_FILE, manifest
+
+
+def prebuilt_engine(engine_path: Path, with_confidence: bool, input_size: tuple[int, int] | None,
+                    device: DeviceInfo, cache_root: Path, workspace_mb: int) -> tuple[Path, EngineManifest]:
+    """A .engine from export_trt: used if its manifest matches this device, else rebuilt from its ONNX or refused.
+
+    The ONNX named by the manifest may be absent (an engine copied alone to a robot) but, when
+    present, must be the one the engine was built from.
+    """
+    manifest_path = engine_path.parent / MANIFEST_FILE
+    try:
+        manifest = read_manifest(manifest_path)
+    except ManifestError as err:
+        raise BackendUnavailable(f"{engine_path} is not loaded without a valid manifest ({err}); rebuild it with "
+                                 "training/export_trt.py or pass the .pt/.onnx model") from None
+    if manifest.engine_file != engine_path.name:
+        raise BackendUnavailable(f"{manifest_path} describes {manifest.engine_file}, not {engine_path.name}")
+    spec = manifest.spec
+    if spec.with_confidence != with_confidence:
+        raise BackendUnavailable(f"{engine_path} was built {'with' if spec.with_confidence else 'without'} "
+                                 f"confidence, but confidence={with_confidence} was asked for")
+    if input_size is not None and not spec.profile.accepts(*input_size):
+        raise BackendUnavailable(f"{engine_path} accepts sizes {spec.profile}, not the input size {input_size}")
+    onnx_path = manifest_path.parent / manifest.onnx_file
+    onnx_matches = onnx_path.is_file() and file_sha256(onnx_path) == spec.onnx_sha256
+    if onnx_path.is_file() and not onnx_matches:
+        raise BackendUnavailable(f"{engine_path} was built from another ONNX than {onnx_path} (re-exported since?); "
+                                 "run training/export_trt.py again")
+    if spec.correlation_route == "plugin_aot":
+        spec = dataclasses.replace(spec, kernel_sha256=plugin.kernel_sha256())
+    reason = check_engine(manifest_path, spec, device)
+    if reason is None:
+        return engine_path, manifest
+    if not onnx_matches:
+        raise BackendUnavailable(f"cannot use {engine_path}: {reason}; and its ONNX {onnx_path} is missing, so it "
+                                 "cannot be rebuilt here")
+    LOG.warning("%s: %s; rebuilding it from %s into the engine cache", engine_path, reason, onnx_path)
+    return cached_engine(onnx_path, spec, device, cache_root, workspace_mb)
+
+
+class TensorRTBackend:
+    """Deployed graph as a TensorRT engine on one GPU (see the module docstring for the runtime rules).
+
+    model_path: .pt model file or .onnx deployed graph (an engine is built and cached per GPU,
+    TensorRT version, size profile, precision and route), or a .engine from export_trt (used
+    when its manifest matches, otherwise rebuilt from its ONNX or refused). input_size: fixed
+    (height, width) for a static engine; None accepts any multiple of 64 up to 1088 x 1920.
+    precision "fp32" or "fp16"; correlation "onnx_ops" (default) or "plugin_aot" (the CUDA
+    kernel, TensorRT >= 10.9 and nvcc needed to build). cache_root: engine cache (default
+    $MDFLOW_CACHE or ~/.cache/mdflow_ros).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str | Path, with_confidence: bool, input_size: tuple[int, int] | None = None, *,
+                 precision: str = "fp32", correlation: str = "onnx_ops", cache_root: str | Path | None = None,
+                 workspace_mb: int = 1024, device_id: int = 0):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if correlation not in ROUTES:
+            raise ValueError(f"correlation must be one of {ROUTES}, got {correlation!r}")
+        trt = import_tensorrt()
+        cuda = import_pycuda()
+        self.with_confidence = with_confidence
+        model_path = Path(model_path)
+        cache = Path(cache_root) if cache_root is not None else cache_dir()
+        profile = Profile.static(*input_size) if input_size is not None else DEFAULT_DYNAMIC_PROFILE
+
+        def open_engine() -> tuple[EngineSession, Path, EngineManifest]:
+            device = device_info(trt, cuda.Device(device_id))
+            if model_path.suffix in (".engine", ".plan"):
+                engine_path, manifest = prebuilt_engine(model_path, with_confidence, input_size, device, cache,
+                                                        workspace_mb)
+            else:
+                onnx_path = source_onnx(model_path, with_confidence)
+                kernel = None
+                if correlation == "plugin_aot":
+                    variant = cache / "onnx" / f"{file_sha256(onnx_path)[:20]}.plugin.onnx"
+                    onnx_path = plugin_onnx(onnx_path, variant)
+                    kernel = plugin.kernel_sha256()
+                spec = EngineSpec(file_sha256(onnx_path), profile, precision, correlation, kernel, with_confidence)
+                engine_path, manifest = cached_engine(onnx_path, spec, device, cache, workspace_mb)
+            session = EngineSession(trt, cuda, engine_path.read_bytes(), manifest.spec.profile)
+            warm = np.zeros((1, 3, *manifest.spec.profile.opt), np.float32)
+            for _ in range(2):
+                session.infer(warm, warm)
+            return session, engine_path, manifest
+
+        self._worker = GpuWorker(lambda: PrimaryContext(cuda, device_id), name="mdflow-tensorrt")
+        try:
+            self._session, self.engine_path, manifest = self._worker.call(open_engine)
+        except (EngineBuildError, plugin.KernelCompileError) as err:
+            self._worker.close()
+            raise BackendUnavailable(f"no TensorRT engine: {err}") from err
+        except BaseException:
+            self._worker.close()
+            raise
+        spec, device = manifest.spec, manifest.device
+        self.description = (f"TensorRT {device.tensorrt_version} on {device.gpu_name} ({device.sm}), {spec.precision}, "
+                            f"correlation {spec.correlation_route}, sizes {spec.profile}, engine {self.engine_path}")
+
+    def run(self, img1: np.ndarray, img2: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self._worker.call(lambda: self._session.infer(img1, img2))
+        return out["flow"], (out["confidence"] if self.with_confidence else None)
+
+    def close(self) -> None:
+        """Free the GPU buffers and stop the worker thread (the backend is unusable afterwards)."""
+        try:
+            self._worker.call(self._session.close)
+        finally:
+            self._worker.close()
