@@ -9,7 +9,7 @@ ROS = [
 ]
 TRAIN = ["rosbags>=0.11", "rosbags-image>=0.10", "tensorboard", "tqdm", "pyyaml", "scikit-image>=0.22", "pillow",
          "matplotlib"]
-GPU = ["onnxruntime-gpu", "tensorrt", "pycuda"]
+GPU = ["onnxruntime-gpu", "tensorrt", "pycuda", "nvidia-modelopt[onnx]"]
 DEV = ["pytest>=8", "scikit-image>=0.22", "onnxscript"]
 
 setup(
