@@ -173,9 +173,13 @@ def census_distance(img1: torch.Tensor, img2: torch.Tensor, radius: int = CENSUS
 
 
 def reliable_mask(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
-                  tau: float = RELIABLE_TAU, occ_scale: float = OCC_SCALE, occ_bias: float = OCC_BIAS) -> torch.Tensor:
-    """MDFlow's reliable matches M_f = [census(I1, warp(I2, F_f)) <= tau] * O_f, (B, 1, H, W)."""
-    dist = census_distance(img1, warp(img2, flow_fw, padding_mode="border"))
+                  tau: float = RELIABLE_TAU, occ_scale: float = OCC_SCALE, occ_bias: float = OCC_BIAS,
+                  radius: int = CENSUS_RADIUS) -> torch.Tensor:
+    """MDFlow's reliable matches M_f = [census(I1, warp(I2, F_f)) <= tau] * O_f, (B, 1, H, W).
+
+    radius is the census patch radius of the distance (1: the 3 x 3 patch).
+    """
+    dist = census_distance(img1, warp(img2, flow_fw, padding_mode="border"), radius)
     return (dist <= tau).to(flow_fw.dtype) * visible_mask(flow_fw, flow_bw, occ_scale, occ_bias)
 
 

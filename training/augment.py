@@ -6,7 +6,8 @@ source pixel it samples. Labels are transformed exactly: a source flow F (frame 
 augmented pixel p becomes A2^-1 (q + F(q)) - p with q = A1 p. Appearance changes (brightness,
 contrast, saturation, gamma, noise; the same for both frames) leave labels alone. The optional
 cut-out replaces boxes of frame 2 with noise; labels stay (the network must learn to predict
-through occlusion) and so do masks.
+through occlusion), and so do masks of frame 1; ``cutout_kept`` gives the frame-2 pixels left
+visible, which masks of frame-2 labels (backward flows) are multiplied by.
 """
 from __future__ import annotations
 
@@ -160,13 +161,23 @@ class Augmentor:
             out.append(img.clamp(0, 1))
         return out[0], self._cutout(p, out[1])
 
+    def cutout_kept(self, p: AugmentParams, like: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) mask of augmented frame 2: 0 inside its cut-out boxes, 1 elsewhere (dtype, device of like)."""
+        h, w = like.shape[-2:]
+        return 1.0 - _inside_boxes(p.cutout, h, w).unsqueeze(1).to(like)
+
     def _cutout(self, p: AugmentParams, img: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = img.shape
+        h, w = img.shape[-2:]
         if not p.cutout.any():
             return img
-        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
-        box = p.cutout.view(b, -1, 4, 1, 1)
-        inside = ((ys >= box[:, :, 0]) & (ys < box[:, :, 2]) & (xs >= box[:, :, 1]) & (xs < box[:, :, 3])).any(1)
+        inside = _inside_boxes(p.cutout, h, w)
         noise = torch.rand(img.shape, generator=self.gen).to(img)
         return torch.where(inside.unsqueeze(1).to(img.device), noise, img)
+
+
+def _inside_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H, W) bool: pixels inside any of the boxes (B, K, 4) = (y0, x0, y1, x1), all-zero boxes are empty."""
+    ys = torch.arange(height, dtype=torch.float32).view(1, height, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, width)
+    box = boxes.view(boxes.shape[0], -1, 4, 1, 1)
+    return ((ys >= box[:, :, 0]) & (ys < box[:, :, 2]) & (xs >= box[:, :, 1]) & (xs < box[:, :, 3])).any(1)

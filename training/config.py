@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from mdflow_ros.flow import OCC_BIAS, OCC_SCALE, RELIABLE_TAU
+from mdflow_ros.flow import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, RELIABLE_TAU
+from mdflow_ros.models.raft import TRAIN_ITERS
 
 DEFAULTS: dict[str, Any] = {
     "stage": "stage1",
@@ -51,12 +52,20 @@ DEFAULTS: dict[str, Any] = {
         "smooth_order": 1,
         "smooth_alpha": 10.0,
         "warmup_steps": 1000,
+        "pretrain_level_weights": [1.0, 0.5, 0.25, 0.125, 0.125],
         "ar_weight": 0.01,
         "ar_directions": "both",
         "occ_scale": OCC_SCALE,
         "occ_bias": OCC_BIAS,
         "reliable_tau": RELIABLE_TAU,
+        "census_radius": CENSUS_RADIUS,
+        "distill_mask": "reliable",
         "sequence_gamma": 0.8,
+        "max_flow": 400.0,
+        "unsup_weight": 1.0,
+    },
+    "student": {
+        "train_iters": TRAIN_ITERS,
     },
     "augment": {
         "zoom": [1.0, 1.5], "squeeze": [0.86, 1.16], "rotate": [-0.2, 0.2], "translate": 0.2,
@@ -78,6 +87,16 @@ RESUMABLE_CHANGES = {
     ("train", "image_every"), ("train", "threads"), ("data", "num_workers"), ("validation",),
 }
 """Config entries a resumed run may change; any other difference refuses the resume."""
+
+STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3")
+"""MDFlow's stages: 1 unsupervised teacher, 2 distillation teacher -> student, 3 student -> teacher."""
+
+PIPELINE_DEFAULTS: dict[str, Any] = {
+    "rounds": 1,
+    "stages": {"stage1": {}, "stage2": {"train": {"grad_clip": 1.0}}, "stage3": {}},
+}
+"""A pipeline file (training/mdflow.py): ``rounds`` of stages 2 -> 3 after stage 1, and per-stage
+overrides of the common config. Stage 2 clips RAFT's gradients at 1.0 unless told otherwise."""
 
 
 class ConfigError(ValueError):
@@ -103,17 +122,40 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     """DEFAULTS overridden by the YAML file at ``path`` (None: the defaults)."""
     if path is None:
         return copy.deepcopy(DEFAULTS)
+    return merge(DEFAULTS, read_mapping(path, "config"))
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The YAML mapping in the file at ``path`` (an empty file is an empty mapping)."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping")
-    return merge(DEFAULTS, data)
+        raise ConfigError(f"{what} {path} must be a YAML mapping")
+    return data
+
+
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """A copy of a stored config with every key it lacks taken from ``defaults``.
+
+    A checkpoint written before a key existed ran with that key's default behaviour.
+    """
+    out = copy.deepcopy(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Entries that differ between a checkpoint's config and the current one and forbid a resume."""
+    """Entries that differ between a checkpoint's config and the current one and forbid a resume.
+
+    Keys the checkpoint predates count as their defaults.
+    """
+    saved = with_defaults(saved)
     diffs = []
 
     def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
@@ -127,3 +169,31 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
     walk(saved, current, ())
     return diffs
+
+
+def load_pipeline_config(path: str | Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(rounds, {stage: config}) of a pipeline file (training/mdflow.py).
+
+    The file holds a common config (any key of DEFAULTS except ``stage``), ``rounds`` and
+    ``stages: {stage1: {...}, stage2: {...}, stage3: {...}}``, overrides of the common config
+    per stage. A stage's config is DEFAULTS, then the common part, then PIPELINE_DEFAULTS'
+    override of that stage, then the file's override of that stage.
+    """
+    data = read_mapping(path, "pipeline config")
+    rounds = data.pop("rounds", PIPELINE_DEFAULTS["rounds"])
+    overrides = data.pop("stages", None) or {}
+    if "stage" in data:
+        raise ConfigError(f"pipeline config {path} must not set 'stage': the pipeline runs {', '.join(STAGES)}")
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if not isinstance(overrides, dict) or set(overrides) - set(STAGES):
+        raise ConfigError(f"stages must map some of {', '.join(STAGES)} to config overrides, got {overrides!r}")
+    common = merge(DEFAULTS, data)
+    configs = {}
+    for stage in STAGES:
+        override = overrides.get(stage) or {}
+        if not isinstance(override, dict) or "stage" in override:
+            raise ConfigError(f"stages.{stage} must be a mapping of config overrides without 'stage', got {override!r}")
+        cfg = merge(common, PIPELINE_DEFAULTS["stages"][stage], f"stages.{stage}.")
+        configs[stage] = merge(cfg, dict(override, stage=stage), f"stages.{stage}.")
+    return rounds, configs

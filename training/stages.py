@@ -2,20 +2,28 @@
 
 A recipe gets the trained network and a batch, and returns the total loss and its terms for
 logging. Stage 1 (unsupervised initialisation of the teacher T, with augmentation
-regularisation) is ``stage1_loss``. Every pass of T in a step goes through one forward call
-(original and augmented pairs, both directions, stacked in the batch), which is what
+regularisation) is ``stage1_loss``; stage 2 (T -> S, ``ForwardDistillation``) and stage 3
+(S -> T, ``BackwardDistillation``) are recipes holding the other, frozen network as
+``recipe.frozen``, which the trainer moves to its device in eval mode without gradients.
+Every pass of the trained network in a step goes through one forward call (original and
+augmented pairs, both directions, stacked in the batch), which is what
 DistributedDataParallel expects.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from mdflow_ros.flow import DIV_FLOW, teacher_flow_to_pixels, visible_mask
-from training.augment import Augmentor
-from training.losses import masked_l1, photometric_loss, smoothness_loss
+from mdflow_ros.models.deploy import DeployedFlow
+from mdflow_ros.models.model_file import arch_name
+from training.augment import AugmentParams, Augmentor
+from training.losses import epe_loss, masked_l1, photometric_loss, sequence_loss, smoothness_loss
+from training.pretrain import pretrain_loss
+from training.selection import distillation_masks
 
 
 def pyramid_to_pixels(flow: torch.Tensor, level_index: int, height: int, width: int) -> torch.Tensor:
@@ -102,4 +110,134 @@ def stage1_loss(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], augmen
     return loss, terms
 
 
-RECIPES = {"stage1": stage1_loss}
+def frozen_flows(net: nn.Module, img1: torch.Tensor, img2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward flows (B, 2, H, W) in pixels of a frozen network, as deployed.
+
+    img1, img2: (B, 3, H, W) RGB in [0, 1]. One batched call on [(I1, I2); (I2, I1)] through
+    the deployed graph (teacher output upsampled to pixels, RAFT at its test iterations),
+    without gradient.
+    """
+    b = img1.shape[0]
+    with torch.no_grad():
+        both = DeployedFlow(net, with_confidence=False).pixel_flow(torch.cat((img1, img2), 0), torch.cat((img2, img1), 0))
+    return both[:b], both[b:]
+
+
+def augment_pair(augmentor: Augmentor, img1: torch.Tensor, img2: torch.Tensor
+                 ) -> tuple[AugmentParams, torch.Tensor, torch.Tensor]:
+    """One draw of the augmentor and the augmented images (B, 3, H, W): spatial, appearance, cut-out."""
+    b, _, height, width = img1.shape
+    params = augmentor.sample(b, height, width)
+    aug1, aug2 = augmentor.appearance(params, augmentor.spatial(params, img1, 1), augmentor.spatial(params, img2, 2))
+    return params, aug1, aug2
+
+
+def augment_labels(augmentor: Augmentor, params: AugmentParams, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
+                   mask_fw: torch.Tensor, mask_bw: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels and masks of the augmented pair made by the same ``params``.
+
+    flow_fw, flow_bw: (B, 2, H, W) pixels, frame 1 -> 2 and 2 -> 1; mask_fw, mask_bw: (B, 1, H, W)
+    on frames 1 and 2. Returns A(F_f), A(F_b) (exact affine label transforms) and A(M_f),
+    A(M_b) (masks resampled with their frame, the backward one also without the cut-out boxes
+    of augmented frame 2, whose pixels show noise).
+    """
+    label_fw = augmentor.flow(params, flow_fw, "fw")
+    label_bw = augmentor.flow(params, flow_bw, "bw")
+    aug_mask_fw = augmentor.spatial(params, mask_fw, 1)
+    aug_mask_bw = augmentor.spatial(params, mask_bw, 2) * augmentor.cutout_kept(params, mask_bw)
+    return label_fw, label_bw, aug_mask_fw, aug_mask_bw
+
+
+class ForwardDistillation:
+    """Stage 2 (T -> S): the frozen teacher's reliable flows are labels for the RAFT student.
+
+    Per step: T gives F_f, F_b on (I1, I2); the reliable masks M_f, M_b select labels
+    (training/selection.py); the augmentor maps images, flows and masks alike; S on the
+    augmented pair, both directions in one call, is trained with RAFT's masked sequence loss
+    (weights gamma^(N-1-i), labels of |F| >= max_flow ignored). No photometric term.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        self.frozen = teacher
+
+    def __call__(self, student: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
+                 loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: img1, img2 (B, 3, H, W) RGB in [0, 1]. Returns the loss and its terms."""
+        img1, img2 = batch["img1"], batch["img2"]
+        b = img1.shape[0]
+        with torch.no_grad():
+            flow_fw, flow_bw = frozen_flows(self.frozen, img1, img2)
+            mask_fw, mask_bw = distillation_masks(img1, img2, flow_fw, flow_bw, loss_cfg)
+            params, aug1, aug2 = augment_pair(augmentor, img1, img2)
+            label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, flow_fw, flow_bw, mask_fw, mask_bw)
+        preds = student(torch.cat((aug1, aug2), 0), torch.cat((aug2, aug1), 0))
+        gamma, max_flow = loss_cfg["sequence_gamma"], loss_cfg["max_flow"]
+        loss = (sequence_loss([p[:b] for p in preds], label_fw, m_fw, gamma, max_flow)
+                + sequence_loss([p[b:] for p in preds], label_bw, m_bw, gamma, max_flow)) / 2
+        with torch.no_grad():
+            label_epe = (epe_loss(preds[-1][:b], label_fw, m_fw) + epe_loss(preds[-1][b:], label_bw, m_bw)) / 2
+        terms = {"loss": loss.item(), "label_epe": label_epe.item(),
+                 "selected": ((mask_fw.mean() + mask_bw.mean()) / 2).item()}
+        return loss, terms
+
+
+class BackwardDistillation:
+    """Stage 3 (S -> T): the frozen student's flows are labels for the teacher, plus its own L_ph + L_sm.
+
+    Per step, in one teacher call: T on (I1, I2) both ways gives the photometric and
+    smoothness loss and its occlusion masks O_f, O_b (the "extra unsupervised term", weight
+    lambda = ``unsup_weight``); T on the augmented pair both ways is trained towards the
+    augmented student flows A(F^_f), A(F^_b) with masked L1 on the finest level, masked by the
+    augmented A(O_f), A(O_b) of T's own pass.
+    """
+
+    def __init__(self, student: nn.Module):
+        self.frozen = student
+
+    def __call__(self, teacher: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
+                 loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: img1, img2 (B, 3, H, W) RGB in [0, 1]. Returns the loss and its terms."""
+        img1, img2 = batch["img1"], batch["img2"]
+        b, _, height, width = img1.shape
+        with torch.no_grad():
+            student_fw, student_bw = frozen_flows(self.frozen, img1, img2)
+            params, aug1, aug2 = augment_pair(augmentor, img1, img2)
+        levels = teacher(torch.cat((img1, img2, aug1, aug2), 0), torch.cat((img2, img1, aug2, aug1), 0))
+        unsup, terms, _, _, vis_fw, vis_bw = unsupervised_loss([lvl[:2 * b] for lvl in levels], img1, img2, loss_cfg)
+        with torch.no_grad():
+            label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, student_fw, student_bw, vis_fw, vis_bw)
+        pred = teacher_flow_to_pixels(levels[0][2 * b:], height, width)
+        distill = (masked_l1(pred[:b], label_fw, m_fw) + masked_l1(pred[b:], label_bw, m_bw)) / 2
+        loss = distill + loss_cfg["unsup_weight"] * unsup
+        terms.update(distillation=distill.item(), unsupervised=unsup.item(), loss=loss.item())
+        return loss, terms
+
+
+Recipe = Callable[[nn.Module, dict[str, torch.Tensor], Augmentor, dict[str, Any], int],
+                  tuple[torch.Tensor, dict[str, float]]]
+
+RECIPES = {"pretrain": pretrain_loss, "stage1": stage1_loss, "stage2": ForwardDistillation,
+           "stage3": BackwardDistillation}
+"""The optional synthetic pre-training and stage 1's recipes, and the recipe classes of stages 2 and 3
+(built around their frozen network)."""
+
+TRAINED_ARCH = {"pretrain": "fastflownet", "stage1": "fastflownet", "stage2": "raft", "stage3": "fastflownet"}
+"""The architecture each stage trains."""
+
+FROZEN_ARCH = {"stage2": "fastflownet", "stage3": "raft"}
+"""The architecture of the frozen network a stage's recipe uses (stage 1 has none)."""
+
+
+def make_recipe(stage: str, frozen: nn.Module | None = None) -> Recipe:
+    """The recipe of ``stage``, holding ``frozen`` (the teacher in stage 2, the student in stage 3)."""
+    if stage not in RECIPES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {sorted(RECIPES)}")
+    if stage not in FROZEN_ARCH:
+        if frozen is not None:
+            raise ValueError(f"{stage} trains without a frozen network, but one was given")
+        return RECIPES[stage]
+    if frozen is None or arch_name(frozen) != FROZEN_ARCH[stage]:
+        got = "none" if frozen is None else arch_name(frozen)
+        raise ValueError(f"{stage} needs a frozen {FROZEN_ARCH[stage]} network, got {got}")
+    return RECIPES[stage](frozen)

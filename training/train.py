@@ -1,31 +1,129 @@
-"""Train one MDFlow stage from a YAML config (stage 1: the unsupervised teacher).
+"""Train one MDFlow stage from a YAML config; the stage (config key ``stage``) picks the networks.
 
     python training/train.py --config config/train/stage1.yaml --data PATH [PATH ...] --out RUN_DIR
                              [--resume] [--max-steps N] [--init MODEL.pt]
+                             [--teacher TEACHER.pt (stage2)] [--student STUDENT.pt (stage3)]
 
-PATH is a rosbag2 (directory, .db3 or .mcap), a ROS 1 .bag, a video file or an image folder;
-the config's synthetic pairs (real photos under known motion) are mixed in. RUN_DIR gets
-``latest.pt`` (the resumable checkpoint), ``teacher_fastflownet.pt`` (the model file) and
-TensorBoard logs under ``tb/``. Works under ``torchrun --nproc_per_node N``.
+stage1 trains the FastFlowNet teacher without labels; stage2 trains the RAFT student from the
+frozen ``--teacher`` (``--init``: a previous round's student); stage3 trains the teacher from
+``--init`` (its stage-1 weights) with the frozen ``--student``. PATH is a rosbag2 (directory,
+.db3 or .mcap), a ROS 1 .bag, a video file or an image folder; the config's synthetic pairs
+(real photos under known motion) are mixed in. RUN_DIR gets ``latest.pt`` (the resumable
+checkpoint), the model file (``teacher_fastflownet.pt`` or ``student_raft.pt``) and TensorBoard
+logs under ``tb/``. Checkpoints and model files record their stage, their parent (the frozen
+network's file, else the initial weights) and the files' SHA-256. Works under
+``torchrun --nproc_per_node N``. training/mdflow.py runs all stages in order.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import torch.nn as nn
 import yaml
 
-from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.model_file import load_model_file, save_model_file
-from training.config import load_config
+from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.models import RAFT, FastFlowNet
+from mdflow_ros.models.model_file import ModelFileError, load_model, load_model_file, save_model_file
+from training.checkpoint import load_checkpoint
+from training.config import ConfigError, load_config
 from training.data.training_set import build_training_set
 from training.evaluate import make_validator
-from training.stages import RECIPES
-from training.trainer import LATEST, Trainer, seed_everything
+from training.stages import FROZEN_ARCH, RECIPES, TRAINED_ARCH, make_recipe
+from training.trainer import LATEST, ResumeError, Trainer, seed_everything
 
 LOG = logging.getLogger("mdflow_ros.training")
+
+MODEL_FILES = {"fastflownet": "teacher_fastflownet.pt", "raft": "student_raft.pt"}
+"""The model file a run directory gets, by the architecture it trains."""
+
+LINEAGE = ("init", "frozen")
+"""Meta entries that a resumed run must share with its checkpoint."""
+
+
+class StageError(ValueError):
+    """A stage cannot start: missing or wrong networks, or a run directory that would be overwritten."""
+
+
+def file_ref(path: str | Path | None) -> dict[str, str] | None:
+    """{"path": absolute path, "sha256": hex digest} of a file, or None."""
+    if path is None:
+        return None
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
+def new_network(cfg: dict[str, Any]) -> nn.Module:
+    """A freshly initialised network of the architecture the config's stage trains."""
+    if TRAINED_ARCH[cfg["stage"]] == "raft":
+        return RAFT(train_iters=cfg["student"]["train_iters"])
+    return FastFlowNet()
+
+
+def _load_init(model: nn.Module, stage: str, init: str | Path) -> None:
+    parent = load_model_file(init)
+    if parent.arch != TRAINED_ARCH[stage]:
+        raise StageError(f"{stage} trains a {TRAINED_ARCH[stage]}, but --init {init} holds a {parent.arch}")
+    model.load_state_dict(parent.state_dict)
+
+
+def _check_lineage(checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint that was trained from other initial weights or another frozen network."""
+    saved = load_checkpoint(checkpoint)["meta"]
+    for key in LINEAGE:
+        if key in saved and (saved[key] or {}).get("sha256") != (meta[key] or {}).get("sha256"):
+            raise ResumeError(f"{checkpoint} was trained with {key} {saved[key]}, but this run has {meta[key]}; "
+                              "refusing to resume")
+
+
+def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path, resume: bool = False,
+                max_steps: int | None = None, init: str | Path | None = None,
+                frozen: str | Path | None = None) -> Path:
+    """Train ``cfg["stage"]`` in ``out`` and write its model file there; returns the model file's path.
+
+    init: model file of the trained network's starting weights (ignored when resuming);
+    frozen: model file of the network the recipe holds frozen (stages 2 and 3). With
+    ``resume`` the run continues from ``out/latest.pt`` when it exists.
+    """
+    stage, out = cfg["stage"], Path(out)
+    if stage not in RECIPES:
+        raise StageError(f"stage {stage!r} is not trained by this command (stages: {sorted(RECIPES)})")
+    if (out / LATEST).exists() and not resume:
+        raise StageError(f"{out / LATEST} exists; pass --resume to continue it, or choose another --out "
+                         "(refusing to overwrite training progress)")
+    if (frozen is None) != (stage not in FROZEN_ARCH):
+        need = f"a frozen {FROZEN_ARCH[stage]} model file" if stage in FROZEN_ARCH else "no frozen network"
+        raise StageError(f"{stage} needs {need}")
+    if stage == "stage3" and init is None:
+        raise StageError("stage3 continues the teacher: give its stage-1 model file as init (--init)")
+    seed_everything(cfg["seed"])
+    try:
+        recipe = make_recipe(stage, load_model(frozen) if frozen is not None else None)
+    except ValueError as err:
+        raise StageError(f"{frozen}: {err}") from None
+    model = new_network(cfg)
+    meta = {"arch": TRAINED_ARCH[stage], "stage": stage, "parent": file_ref(frozen or init),
+            "init": file_ref(init), "frozen": file_ref(frozen), "data": [str(p) for p in data]}
+    resuming = resume and (out / LATEST).is_file()
+    if resuming:
+        _check_lineage(out / LATEST, meta)
+    elif init is not None:
+        _load_init(model, stage, init)
+    trainer = Trainer(cfg, out, model, recipe, build_training_set(cfg, data), meta, make_validator(cfg))
+    if resuming:
+        trainer.resume()
+    if trainer.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    step = trainer.run(max_steps)
+    path = out / MODEL_FILES[meta["arch"]]
+    if trainer.rank == 0:
+        save_model_file(path, model, dict(meta, step=step, config=cfg))
+        LOG.info("%s step %d: wrote %s", stage, step, path)
+    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,37 +134,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest.pt")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
     parser.add_argument("--init", default=None, help="start from this model file's weights (new runs only)")
+    parser.add_argument("--teacher", default=None, help="stage2: the frozen teacher's model file")
+    parser.add_argument("--student", default=None, help="stage3: the frozen student's model file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    out = Path(args.out)
-    if (out / LATEST).exists() and not args.resume:
-        sys.exit(f"train.py: {out / LATEST} exists; pass --resume to continue it, or choose another --out "
-                 "(refusing to overwrite training progress)")
-    if cfg["stage"] not in RECIPES:
-        sys.exit(f"train.py: stage {cfg['stage']!r} is not trained by this command (stages: {sorted(RECIPES)})")
-    seed_everything(cfg["seed"])
-    model = FastFlowNet()
-    meta = {"arch": "fastflownet", "stage": cfg["stage"], "parent": None, "data": [str(p) for p in args.data]}
-    if args.init and not args.resume:
-        parent = load_model_file(args.init)
-        model.load_state_dict(parent.state_dict)
-        meta["parent"] = str(args.init)
-    dataset = build_training_set(cfg, args.data)
-    trainer = Trainer(cfg, out, model, RECIPES[cfg["stage"]], dataset, meta, make_validator(cfg))
-    if args.resume and not trainer.resume():
-        LOG.info("no checkpoint in %s yet: starting a new run", out)
-    if trainer.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    step = trainer.run(args.max_steps)
-    if trainer.rank == 0:
-        save_model_file(out / "teacher_fastflownet.pt", model, dict(meta, step=step, config=cfg))
-        LOG.info("step %d: wrote %s", step, out / "teacher_fastflownet.pt")
+    try:
+        cfg = load_config(args.config)
+        frozen = {"stage2": args.teacher, "stage3": args.student}.get(cfg["stage"])
+        for name, value in (("--teacher", args.teacher), ("--student", args.student)):
+            if value is not None and value != frozen:
+                raise StageError(f"{name} does not apply to {cfg['stage']}")
+        train_stage(cfg, args.data, args.out, args.resume, args.max_steps, args.init, frozen)
+    except (StageError, ResumeError, ConfigError, ModelFileError) as err:
+        sys.exit(f"train.py: {err}")
     return 0
 
 

@@ -50,7 +50,11 @@ def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    """Trains ``model`` with ``recipe`` on ``dataset`` (items: dict of tensors, indexed by (index, seed))."""
+    """Trains ``model`` with ``recipe`` on ``dataset`` (items: dict of tensors, indexed by (index, seed)).
+
+    A recipe may hold a frozen network as ``recipe.frozen`` (the other network of a
+    distillation stage); it is moved to the trainer's device, in eval mode without gradients.
+    """
 
     def __init__(self, config: dict[str, Any], out_dir: str | Path, model: torch.nn.Module,
                  recipe: Callable[..., tuple[torch.Tensor, dict[str, float]]], dataset: Dataset,
@@ -64,6 +68,9 @@ class Trainer:
             torch.set_num_threads(config["train"]["threads"])
         self.model = model.to(self.device)
         self.recipe = recipe
+        frozen = getattr(recipe, "frozen", None)
+        if frozen is not None:
+            frozen.to(self.device).eval().requires_grad_(False)
         self.dataset = dataset
         self.meta = dict(meta or {})
         self.validate = validate

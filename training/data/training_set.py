@@ -35,8 +35,16 @@ class MixedPairs(Dataset):
 
 
 def build_training_set(config: dict[str, Any], paths: Sequence[str]) -> MixedPairs:
-    """Real pairs from ``paths`` (repeated data.real_repeat times) plus data.synthetic_pairs synthetic pairs."""
+    """Real pairs from ``paths`` (repeated data.real_repeat times) plus data.synthetic_pairs synthetic pairs.
+
+    The "pretrain" stage needs ground truth: it trains on the synthetic pairs only, with their flow.
+    """
     d = config["data"]
+    if config["stage"] == "pretrain":
+        if paths:
+            raise ValueError("the pretrain stage trains on synthetic pairs only (they carry ground truth); "
+                             "give no --data paths")
+        return MixedPairs([SyntheticPairs(d["synthetic_pairs"], tuple(d["crop"]), with_flow=True)])
     parts: list[Dataset] = []
     if paths:
         from training.data.pairs import recording_pairs
