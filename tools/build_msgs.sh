@@ -31,9 +31,10 @@ mkdir -p "$BUILD"
 exec 9>"$BUILD/.lock"
 flock 9   # one build at a time per venv
 
-# Everything that decides the build output, and the file that proves it was installed.
+# Everything that decides what is installed, and a file that proves it was.
 STAMP="$BUILD/.installed"
 DIGEST="$(cat "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$ROOT"/msg/*.msg "$ROOT/cmake/ros_wheels_fix.cmake" \
+  "$ROOT/launch/flow.launch.py" "$ROOT/config/flow.yaml" "$ROOT/config/fastdds_large_data.xml" \
   "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 MARKER="$PREFIX/lib/mdflow_ros_generated/mdflow_ros/msg/_optical_flow.py"
 if [[ $FORCE == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$DIGEST" && -f "$MARKER" ]]; then

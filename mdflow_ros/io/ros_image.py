@@ -34,7 +34,11 @@ INPUT_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "
 
 
 class ImageDecodeError(ValueError):
-    """A message is not a usable image (the text says why, for a log line)."""
+    """A message is not a usable image: the text says why (for a log line), ``kind`` names the problem."""
+
+    def __init__(self, text: str, kind: str):
+        super().__init__(text)
+        self.kind = kind
 
 
 def cv_bridge_available() -> bool:
@@ -49,23 +53,25 @@ def cv_bridge_available() -> bool:
 def check_image(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> tuple[np.dtype, int]:
     """Validate an Image's encoding and sizes; returns its (dtype, channels) or raises ImageDecodeError."""
     if msg.encoding not in encodings:
-        raise ImageDecodeError(f"unsupported encoding {msg.encoding!r} (accepted: {', '.join(encodings)})")
+        raise ImageDecodeError(f"unsupported encoding {msg.encoding!r} (accepted: {', '.join(encodings)})", "encoding")
     dtype, channels = ENCODINGS[msg.encoding]
     if msg.height == 0 or msg.width == 0:
-        raise ImageDecodeError(f"zero-size image ({msg.width}x{msg.height})")
+        raise ImageDecodeError(f"zero-size image ({msg.width}x{msg.height})", "size")
     row = msg.width * channels * dtype.itemsize
     if msg.step < row:
-        raise ImageDecodeError(f"step {msg.step} is smaller than one row of {msg.width} {msg.encoding} pixels ({row} bytes)")
+        raise ImageDecodeError(
+            f"step {msg.step} is smaller than one row of {msg.width} {msg.encoding} pixels ({row} bytes)", "step")
     if len(msg.data) < msg.step * msg.height:
         raise ImageDecodeError(
-            f"data holds {len(msg.data)} bytes, less than step x height = {msg.step} x {msg.height} = {msg.step * msg.height}")
+            f"data holds {len(msg.data)} bytes, less than step x height = {msg.step} x {msg.height} = "
+            f"{msg.step * msg.height}", "data")
     return dtype, channels
 
 
 def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> np.ndarray:
     """Decode a sensor_msgs/Image with numpy: (H, W) for one channel, else (H, W, C), native byte order.
 
-    The result is a read-only view of ``msg.data`` where possible (8-bit and native-order data).
+    The result is a view of ``msg.data`` (no copy) unless the data is 16-bit in the other byte order.
     Raises ImageDecodeError for an encoding outside ``encodings`` or inconsistent sizes.
     """
     dtype, channels = check_image(msg, encodings)
@@ -91,7 +97,8 @@ def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
     data = np.frombuffer(msg.data, np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise ImageDecodeError(f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded")
+        raise ImageDecodeError(f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded",
+                               "compressed")
     if image.dtype != np.uint8:
         image = (image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)).round().astype(np.uint8)
     if image.ndim == 2:
@@ -112,7 +119,7 @@ def estimator_input(pixels: np.ndarray, encoding: str) -> tuple[np.ndarray, str]
         return pixels[:, :, :3], encoding[:3] + "8"
     if encoding == "mono16":
         return pixels.astype(np.float32) * np.float32(1.0 / 65535.0), "mono8"
-    raise ImageDecodeError(f"unsupported encoding {encoding!r} (accepted: {', '.join(INPUT_ENCODINGS)})")
+    raise ImageDecodeError(f"unsupported encoding {encoding!r} (accepted: {', '.join(INPUT_ENCODINGS)})", "encoding")
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
