@@ -4,7 +4,6 @@ import torch
 
 from mdflow_ros.flow import census_distance, fb_ratio, visible_mask, warp
 from training.losses import (
-    census_loss,
     masked_l1,
     masked_mean,
     photometric_loss,

@@ -33,10 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mdflow_ros.atomic_file import atomic_write_bytes
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.backend import BackendUnavailable
-from mdflow_ros.inference.engine_manifest import (ENGINE_FILE, MANIFEST_FILE, ROUTES, EngineSpec, Profile,
-                                                  atomic_write_bytes)
+from mdflow_ros.inference.engine_manifest import ENGINE_FILE, MANIFEST_FILE, ROUTES, EngineSpec, Profile
 from mdflow_ros.inference.onnx_export import INPUT_NAMES, export_onnx, file_sha256
 from mdflow_ros.inference.tensorrt_backend import EngineBuildError, TensorRTBackend, build_engine, probe_device
 from mdflow_ros.models.deploy import DeployedFlow

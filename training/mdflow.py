@@ -22,13 +22,12 @@ import argparse
 import copy
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mdflow_ros.atomic_file import atomic_write_bytes
 from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.models.model_file import ModelFileError
 from training.config import ConfigError, load_pipeline_config
@@ -75,22 +74,7 @@ def mark_done(directory: Path, round_: int, stage: str, model: Path) -> None:
     model = Path(model).resolve()
     name = model.name if model.parent == directory.resolve() else str(model)
     info = {"round": round_, "stage": stage, "model": name, "sha256": file_sha256(model)}
-    atomic_write_text(directory / DONE, json.dumps(info, indent=1) + "\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(directory / DONE, (json.dumps(info, indent=1) + "\n").encode())
 
 
 def adopt_model(directory: Path, round_: int, stage: str, given: Path) -> Path:
@@ -162,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rounds, configs = load_pipeline_config(args.config)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "mdflow.yaml", Path(args.config).read_text())
+        atomic_write_bytes(out / "mdflow.yaml", Path(args.config).read_bytes())
         models = run_pipeline(rounds, configs, args.data, out, args.max_steps_per_stage, args.stage1_model)
     except (StageError, ResumeError, ConfigError, ModelFileError, PipelineError) as err:
         sys.exit(f"mdflow.py: {err}")

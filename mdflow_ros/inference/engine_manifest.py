@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mdflow_ros.atomic_file import atomic_write_bytes
 from mdflow_ros.flow import SIZE_MULTIPLE
 from mdflow_ros.inference.onnx_export import file_sha256
 
@@ -199,22 +198,6 @@ def new_manifest(spec: EngineSpec, device: DeviceInfo, engine_path: Path, onnx_p
     return EngineManifest(spec=spec, device=device, engine_file=Path(engine_path).name,
                           engine_sha256=file_sha256(engine_path), onnx_file=onnx_file,
                           created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(manifest: EngineManifest, path: str | Path) -> None:

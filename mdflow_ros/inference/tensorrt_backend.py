@@ -37,11 +37,12 @@ from typing import Any, Callable, Protocol, TypeVar
 import numpy as np
 import onnx
 
+from mdflow_ros.atomic_file import atomic_write_bytes
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.backend import BackendUnavailable
 from mdflow_ros.inference.engine_manifest import (DEFAULT_DYNAMIC_PROFILE, ENGINE_FILE, MANIFEST_FILE, PRECISIONS,
                                                   ROUTES, DeviceInfo, EngineManifest, EngineSpec, ManifestError,
-                                                  Profile, atomic_write_bytes, check_engine, engine_dir,
+                                                  Profile, check_engine, engine_dir,
                                                   new_manifest, read_manifest, timing_cache_path, write_manifest)
 from mdflow_ros.inference.onnx_export import (INPUT_NAMES, META_CONFIDENCE, cache_dir, cached_export, file_sha256,
                                               onnx_metadata)

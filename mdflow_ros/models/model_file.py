@@ -8,9 +8,7 @@ gives a ``ModelFileError`` saying what was expected.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mdflow_ros.atomic_file import atomic_write
 from mdflow_ros.models.fastflownet import FastFlowNet
 from mdflow_ros.models.raft import RAFT
 
@@ -47,19 +46,8 @@ def arch_name(model: nn.Module) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to ``path`` atomically: never a half-written file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
