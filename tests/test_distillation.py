@@ -2,10 +2,7 @@
 real rosbag2 file with exact resume after a kill, and the student as a deployable model."""
 import copy
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from training.make_bag import write_known_motion_bag
 from training.stages import augment_labels, augment_pair, make_recipe
 from training.train import new_network
 from training.trainer import Trainer
+from training_cli import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -142,12 +140,7 @@ def test_pipeline_config_per_stage_and_resume_of_older_checkpoints(tmp_path):
 
 
 def pipeline(config: Path, bag: Path, out: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, str(REPO / "training" / "mdflow.py"), "--config", str(config), "--data", str(bag),
-           "--out", str(out), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return run_script("mdflow.py", config, bag, out, *extra, wait=wait)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from mdflow_ros.models.model_file import ModelFileError, load_model
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
 from training.make_bag import write_known_motion_bag
+from training_cli import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -40,12 +41,7 @@ def write_config(path: Path, **overrides) -> Path:
 
 
 def train(config: Path, bag: Path, out: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(config), "--data", str(bag),
-           "--out", str(out), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return run_script("train.py", config, bag, out, *extra, wait=wait)
 
 
 def test_resume_after_a_kill_continues_exactly(bag, tmp_path):
