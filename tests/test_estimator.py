@@ -9,6 +9,7 @@ from skimage import data
 
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
 from mdflow_ros.inference.estimator import DEFAULT_TEACHER, _flow_to_input, network_size
+from mdflow_ros.inference.onnx_export import export_onnx, file_sha256, onnx_for
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.model_file import ModelFileError, load_model_file, save_model_file
 
@@ -85,6 +86,19 @@ def test_onnx_runtime_matches_pytorch_on_real_images(model_file, photos, tmp_pat
     print(f"max |flow_onnxruntime - flow_pytorch| = {diff:.2e} px, confidence {np.abs(ct - co).max():.2e}")
     assert diff < 0.01
     assert np.abs(ct - co).max() < 0.01
+
+
+def test_an_onnx_file_beside_the_weights_runs_only_if_it_came_from_them(model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("MDFLOW_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "ship" / "teacher.pt"
+    shipped.parent.mkdir()
+    shipped.write_bytes(model_file.read_bytes())
+    export_onnx(FastFlowNet(), shipped.with_suffix(".onnx"), True, (64, 64), source_sha256=file_sha256(shipped))
+    assert onnx_for(shipped, True) == shipped.with_suffix(".onnx")
+    assert onnx_for(shipped, False).parent == tmp_path / "cache" / "onnx", "the flow-only graph is another export"
+    torch.manual_seed(1)
+    save_model_file(shipped, FastFlowNet(), {"note": "retrained: the .onnx beside it is stale"})
+    assert onnx_for(shipped, True).parent == tmp_path / "cache" / "onnx"
 
 
 @pytest.mark.parametrize("img1, img2, message", [

@@ -17,6 +17,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from mdflow_ros.inference.backend import BackendUnavailable
 from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import arch_name, build_model, load_model_file
 
@@ -91,6 +92,30 @@ def cached_export(model_path: str | Path, with_confidence: bool) -> Path:
         net = build_model(load_model_file(model_path), model_path)
         export_onnx(net, out, with_confidence, source_sha256=sha)
     return out
+
+
+def onnx_for(model_path: str | Path, with_confidence: bool) -> Path:
+    """The standard-op ONNX graph that runs a model file.
+
+    A .onnx file is itself (BackendUnavailable if it was exported with the other confidence
+    setting). A .pt file uses the .onnx shipped beside it (same stem) when that one's metadata
+    says it came from exactly these weights with this confidence setting, and otherwise the
+    cached export.
+    """
+    model_path = Path(model_path)
+    if model_path.suffix == ".onnx":
+        has_conf = onnx_metadata(model_path).get(META_CONFIDENCE) == "1"
+        if has_conf != with_confidence:
+            raise BackendUnavailable(
+                f"{model_path} was exported {'with' if has_conf else 'without'} confidence, but "
+                f"confidence={with_confidence} was asked for; export the other variant or pass the .pt model file")
+        return model_path
+    beside = model_path.with_suffix(".onnx")
+    if beside.is_file():
+        meta = onnx_metadata(beside)
+        if meta.get(META_SOURCE) == file_sha256(model_path) and meta.get(META_CONFIDENCE) == str(int(with_confidence)):
+            return beside
+    return cached_export(model_path, with_confidence)
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from mdflow_ros.inference.backend import BackendUnavailable
-from mdflow_ros.inference.onnx_export import META_CONFIDENCE, cached_export, onnx_metadata
+from mdflow_ros.inference.onnx_export import onnx_for
 
 
 def session_options(threads: int | None):
@@ -22,7 +22,7 @@ def session_options(threads: int | None):
 
 
 class OnnxRuntimeBackend:
-    """Deployed graph in an ONNX Runtime session; a .pt model is exported (and cached) first."""
+    """Deployed graph in an ONNX Runtime session; a .pt model runs its shipped .onnx or a cached export."""
 
     name = "onnxruntime"
 
@@ -31,17 +31,7 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as err:
             raise BackendUnavailable(f"onnxruntime is not installed ({err})") from None
-        model_path = Path(model_path)
-        if model_path.suffix == ".onnx":
-            has_conf = onnx_metadata(model_path).get(META_CONFIDENCE) == "1"
-            if has_conf != with_confidence:
-                kind = "with" if has_conf else "without"
-                raise BackendUnavailable(
-                    f"{model_path} was exported {kind} confidence, but confidence={with_confidence} was asked for; "
-                    "export the other variant or pass the .pt model file")
-            onnx_path = model_path
-        else:
-            onnx_path = cached_export(model_path, with_confidence)
+        onnx_path = onnx_for(model_path, with_confidence)
         available = ort.get_available_providers()
         if gpu and "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(f"ONNX Runtime has no CUDA provider here (providers: {available})")

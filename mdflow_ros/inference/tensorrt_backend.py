@@ -44,8 +44,7 @@ from mdflow_ros.inference.engine_manifest import (DEFAULT_DYNAMIC_PROFILE, ENGIN
                                                   ROUTES, DeviceInfo, EngineManifest, EngineSpec, ManifestError,
                                                   Profile, check_engine, engine_dir,
                                                   new_manifest, read_manifest, timing_cache_path, write_manifest)
-from mdflow_ros.inference.onnx_export import (INPUT_NAMES, META_CONFIDENCE, cache_dir, cached_export, file_sha256,
-                                              onnx_metadata)
+from mdflow_ros.inference.onnx_export import INPUT_NAMES, cache_dir, file_sha256, onnx_for
 
 LOG = logging.getLogger("mdflow_ros.inference")
 T = TypeVar("T")
@@ -342,16 +341,6 @@ class EngineSession:
         del self.context, self.engine, self.runtime, self.stream
 
 
-def source_onnx(model_path: Path, with_confidence: bool) -> Path:
-    """The standard-op ONNX for a .onnx or .pt model file (a .pt is exported once and cached)."""
-    if model_path.suffix == ".onnx":
-        has_conf = onnx_metadata(model_path).get(META_CONFIDENCE) == "1"
-        if has_conf != with_confidence:
-            raise BackendUnavailable(
-                f"{model_path} was exported {'with' if has_conf else 'without'} confidence, but "
-                f"confidence={with_confidence} was asked for; export the other variant or pass the .pt model file")
-        return model_path
-    return cached_export(model_path, with_confidence)
 
 
 def plugin_onnx(onnx_path: Path, out: Path) -> Path:
@@ -448,7 +437,7 @@ class TensorRTBackend:
                 engine_path, manifest = prebuilt_engine(model_path, with_confidence, input_size, device, cache,
                                                         workspace_mb)
             else:
-                onnx_path = source_onnx(model_path, with_confidence)
+                onnx_path = onnx_for(model_path, with_confidence)
                 kernel = None
                 if correlation == "plugin_aot":
                     variant = cache / "onnx" / f"{file_sha256(onnx_path)[:20]}.plugin.onnx"
