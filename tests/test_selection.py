@@ -117,3 +117,12 @@ def test_tau_report_on_a_tiny_model(tmp_path):
     kept = [float(r.split("|")[4]) for r in rows[:3]]
     assert kept == sorted(kept), "a larger tau keeps at least as many pixels"
     assert np.isfinite([float(x) for x in rows[-1].split("|")[2:7]]).all()
+
+
+def test_tau_report_reads_stage_2_constants_from_a_pipeline_config(tmp_path):
+    pipeline = tmp_path / "mdflow.yaml"
+    pipeline.write_text("rounds: 1\nstages:\n  stage2:\n    loss: {census_radius: 2}\n")
+    stage = tmp_path / "stage2.yaml"
+    stage.write_text("stage: stage2\nloss: {census_radius: 2}\n")
+    assert tau_report.stage2_loss_config(str(pipeline)) == tau_report.stage2_loss_config(str(stage))
+    assert tau_report.stage2_loss_config(str(pipeline))["census_radius"] == 2

@@ -28,7 +28,7 @@ import torch
 from mdflow_ros.flow import census_distance, visible_mask, warp
 from mdflow_ros.inference import FlowEstimator
 from mdflow_ros.inference.onnx_export import file_sha256
-from training.config import load_config
+from training.config import load_config, load_pipeline_config, read_mapping
 from training.evaluate import GroundTruthSet, benchmark_sets, synthetic_set
 from training.selection import reliable_masks
 
@@ -132,6 +132,13 @@ def default_data() -> list[Path]:
     return sorted(p for p in GT_DEV.iterdir() if p.is_dir()) if GT_DEV.is_dir() else []
 
 
+def stage2_loss_config(path: str | None) -> dict[str, Any]:
+    """The loss constants of stage 2 from a stage config or a pipeline config (``rounds``/``stages``)."""
+    if path is not None and {"rounds", "stages"} & set(read_mapping(path, "config")):
+        return load_pipeline_config(path)[1]["stage2"]["loss"]
+    return load_config(path)["loss"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="teacher model file (.pt)")
@@ -139,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
     parser.add_argument("--synthetic-size", type=int, nargs=2, default=[384, 512], metavar=("H", "W"))
     parser.add_argument("--data", nargs="*", default=None, help="ground-truth folders (default: ../shared/data/gt-dev/*)")
-    parser.add_argument("--config", default=None, help="training config giving census radius and occlusion constants")
+    parser.add_argument("--config", default=None,
+                        help="stage config, or pipeline config (its stage 2), giving census radius and occlusion constants")
     parser.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loss_cfg = load_config(args.config)["loss"]
+    loss_cfg = stage2_loss_config(args.config)
     sets = [synthetic_set(args.synthetic, tuple(args.synthetic_size), 1234)] if args.synthetic else []
     sets += benchmark_sets(default_data() if args.data is None else args.data)
     estimator = FlowEstimator(backend="pytorch", model=args.model, confidence=False, threads=args.threads)
