@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
-from mdflow_ros.models.model_file import ModelFileError, load_model
+from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.models import FastFlowNet
+from mdflow_ros.models.model_file import ModelFileError, load_model, save_model_file
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
 from training.make_bag import write_known_motion_bag
@@ -78,6 +80,22 @@ def test_resume_with_another_config_or_model_is_refused(bag, tmp_path):
     assert other.returncode != 0 and "train.lr: checkpoint has 0.0001, config has 0.0005" in other.stderr
     longer = train(write_config(tmp_path / "c.yaml", train={"steps": 2}), bag, run, "--resume")
     assert longer.returncode == 0, "changing the step count is allowed"
+
+
+def test_resume_keeps_the_init_weights_and_refuses_other_ones(bag, tmp_path):
+    inits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        inits.append(tmp_path / f"init{seed}.pt")
+        save_model_file(inits[-1], FastFlowNet())
+    run = tmp_path / "run"
+    assert train(write_config(tmp_path / "a.yaml", train={"steps": 1}), bag, run, "--init", str(inits[0])).returncode == 0
+    config = write_config(tmp_path / "b.yaml", train={"steps": 2})
+    other = train(config, bag, run, "--resume", "--init", str(inits[1]))
+    assert other.returncode != 0 and "refusing to resume" in other.stderr
+    plain = train(config, bag, run, "--resume")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert load_checkpoint(run / "latest.pt")["meta"]["init"]["sha256"] == file_sha256(inits[0])
 
 
 def test_checkpoints_hold_only_plain_data_and_load_safely(bag, tmp_path):

@@ -70,13 +70,19 @@ def _load_init(model: nn.Module, stage: str, init: str | Path) -> None:
     model.load_state_dict(parent.state_dict)
 
 
-def _check_lineage(checkpoint: Path, meta: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint that was trained from other initial weights or another frozen network."""
+def _resumed_lineage(checkpoint: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's meta for resuming ``checkpoint``: without --init it keeps the checkpoint's init;
+    a resume from other initial weights or another frozen network is refused."""
     saved = load_checkpoint(checkpoint)["meta"]
+    if meta["init"] is None and saved.get("init") is not None:
+        meta = dict(meta, init=saved["init"])
+        if meta["parent"] is None:
+            meta["parent"] = saved["init"]
     for key in LINEAGE:
         if key in saved and (saved[key] or {}).get("sha256") != (meta[key] or {}).get("sha256"):
             raise ResumeError(f"{checkpoint} was trained with {key} {saved[key]}, but this run has {meta[key]}; "
                               "refusing to resume")
+    return meta
 
 
 def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path, resume: bool = False,
@@ -84,7 +90,8 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
                 frozen: str | Path | None = None) -> Path:
     """Train ``cfg["stage"]`` in ``out`` and write its model file there; returns the model file's path.
 
-    init: model file of the trained network's starting weights (ignored when resuming);
+    init: model file of the trained network's starting weights (when resuming: checked against
+    the checkpoint's, or taken from it when None);
     frozen: model file of the network the recipe holds frozen (stages 2 and 3). With
     ``resume`` the run continues from ``out/latest.pt`` when it exists.
     """
@@ -97,7 +104,8 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
     if (frozen is None) != (stage not in FROZEN_ARCH):
         need = f"a frozen {FROZEN_ARCH[stage]} model file" if stage in FROZEN_ARCH else "no frozen network"
         raise StageError(f"{stage} needs {need}")
-    if stage == "stage3" and init is None:
+    resuming = resume and (out / LATEST).is_file()
+    if stage == "stage3" and init is None and not resuming:
         raise StageError("stage3 continues the teacher: give its stage-1 model file as init (--init)")
     seed_everything(cfg["seed"])
     try:
@@ -107,9 +115,8 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
     model = new_network(cfg)
     meta = {"arch": TRAINED_ARCH[stage], "stage": stage, "parent": file_ref(frozen or init),
             "init": file_ref(init), "frozen": file_ref(frozen), "data": [str(p) for p in data]}
-    resuming = resume and (out / LATEST).is_file()
     if resuming:
-        _check_lineage(out / LATEST, meta)
+        meta = _resumed_lineage(out / LATEST, meta)
     elif init is not None:
         _load_init(model, stage, init)
     trainer = Trainer(cfg, out, model, recipe, build_training_set(cfg, data), meta, make_validator(cfg))
