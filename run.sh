@@ -46,6 +46,8 @@ ensure_venv() {
     echo "run.sh: installing mdflow_ros and its dependencies into $VENV (first run: a few minutes)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    # opencv-contrib-python-headless replaced opencv-python-headless; both own cv2/, so drop the old one first
+    "$VENV/bin/python" -m pip uninstall -y -q opencv-python-headless 2>/dev/null || true
     "$VENV/bin/python" -m pip install -q -e ".[ros,train,dev]"
     PYTHON="$VENV/bin/python" bash tools/build_msgs.sh
     echo "$want" > "$STAMP"

@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["mdflow_ros", "mdflow_ros.*", "training", "training.*"]),
     package_data={"mdflow_ros": ["weights/*", "kernels/*.cu"]},
     install_requires=["numpy>=1.26", "torch>=2.3", "onnx>=1.16", "onnxruntime>=1.18",
-                      "opencv-python-headless>=4.8", "pyyaml", "safetensors"],
+                      "opencv-contrib-python-headless>=4.8", "pyyaml", "safetensors"],
     extras_require={"ros": ROS, "train": TRAIN, "gpu": GPU, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",

@@ -1,0 +1,66 @@
+"""The flow methods the benchmarks compare: our models through each backend, and the classical peers.
+
+A method is a name and a function ``flow(img1, img2) -> (H, W, 2)`` float32 pixels, frame 1 -> 2,
+on RGB uint8 frames of any size. Names: ``zero``; OpenCV's ``dis-ultrafast``, ``dis-fast``,
+``dis-medium``, ``farneback``, and from opencv-contrib ``deepflow`` and ``rlof``; ours as
+``MODEL/BACKEND`` with MODEL ``teacher`` or ``student`` and BACKEND ``pytorch``,
+``onnxruntime`` or ``onnxruntime-int8`` (an int8 ONNX file of the teacher), forward flow only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+PEERS = ("dis-ultrafast", "dis-fast", "dis-medium", "farneback", "deepflow", "rlof")
+DIS_PRESETS = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "dis-medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+"""OpenCV's sample parameters, with 5 pyramid levels for motions of tens of pixels."""
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def peer(name: str, threads: int) -> FlowFn:
+    """A classical method on ``threads`` OpenCV threads."""
+    cv2.setNumThreads(threads)
+    if name == "zero":
+        return lambda a, b: np.zeros(a.shape[:2] + (2,), np.float32)
+    if name in DIS_PRESETS:
+        dis = cv2.DISOpticalFlow_create(DIS_PRESETS[name])
+        return lambda a, b: dis.calc(_gray(a), _gray(b), None)
+    if name == "farneback":
+        return lambda a, b: cv2.calcOpticalFlowFarneback(_gray(a), _gray(b), None, **FARNEBACK)
+    if name == "deepflow":
+        deep = cv2.optflow.createOptFlow_DeepFlow()
+        return lambda a, b: deep.calc(_gray(a), _gray(b), None)
+    if name == "rlof":
+        return lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(cv2.cvtColor(a, cv2.COLOR_RGB2BGR),
+                                                                  cv2.cvtColor(b, cv2.COLOR_RGB2BGR), None)
+    raise ValueError(f"unknown method {name!r} (peers: zero, {', '.join(PEERS)})")
+
+
+def ours(model_file: Path, backend: str, threads: int) -> FlowFn:
+    """One of our model files through a FlowEstimator backend (forward flow, no confidence)."""
+    from mdflow_ros.inference import FlowEstimator
+
+    est = FlowEstimator(backend="onnxruntime" if backend.startswith("onnxruntime") else backend,
+                        model=model_file, confidence=False, threads=threads)
+    return lambda a, b: est.estimate(a, b).flow
+
+
+def make_method(name: str, files: dict[str, Path], threads: int) -> FlowFn:
+    """The method ``name``; ``files`` maps "teacher", "student", "teacher-int8" to model files."""
+    if "/" not in name:
+        return peer(name, threads)
+    model, backend = name.split("/", 1)
+    key = f"{model}-int8" if backend == "onnxruntime-int8" else model
+    if key not in files:
+        raise ValueError(f"{name}: no {key} model file given")
+    return ours(files[key], backend, threads)

@@ -1,0 +1,44 @@
+"""bench/accuracy.py and bench/methods.py on a real photo under known motion (no shared data, no weights)."""
+import argparse
+
+import numpy as np
+import pytest
+
+from bench import accuracy
+from bench.methods import make_method
+from mdflow_ros.metrics import epe
+from mdflow_ros.synthetic import held_out_pairs
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return held_out_pairs(1, (192, 256), 7)[0]
+
+
+@pytest.mark.parametrize("name", ["dis-ultrafast", "dis-fast", "dis-medium", "farneback", "deepflow", "rlof"])
+def test_every_peer_gives_pixel_flow_at_input_size_and_beats_zero_flow(pair, name):
+    flow = make_method(name, {}, threads=1)(pair.img1, pair.img2)
+    assert flow.shape == pair.img1.shape[:2] + (2,) and flow.dtype == np.float32
+    zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
+    assert epe(flow, pair.flow, pair.valid) < 0.7 * zero, name
+
+
+def test_a_model_row_without_its_file_is_a_clear_error():
+    with pytest.raises(ValueError, match="no student model file"):
+        make_method("student/pytorch", {}, threads=1)
+
+
+def test_measured_rows_make_a_table_with_ratios_to_dis_medium(pair, tmp_path):
+    results = {name: accuracy.measure(name, {}, threads=1, runs=1, synthetic=1, folders=[], max_pairs=None)
+               for name in ("dis-medium", "zero")}
+    (img1, img2, gt, valid), = accuracy.ground_truth_sets(1, [], None)[0].pairs
+    magnitude = float(np.linalg.norm(gt, axis=2)[valid].mean())
+    assert results["zero"]["accuracy"]["synthetic-1"]["epe"] == pytest.approx(magnitude, rel=1e-5)
+    assert results["dis-medium"]["accuracy"]["synthetic-1"]["epe"] < 0.5 * magnitude
+    args = argparse.Namespace(threads=1, argv=["--quick"])
+    text = accuracy.markdown(results, args, {})
+    speed_row = [line.split("|") for line in text.splitlines() if line.startswith("| dis-medium |")][-1]
+    assert speed_row[3].strip() == "1.00" and speed_row[5].strip() == "1.00", "DIS-medium is 1.00x itself"
+    assert "| zero | " in text and "synthetic-1 (1 pairs)" in text
+    accuracy.pareto_plot(results, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
