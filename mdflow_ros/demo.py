@@ -90,6 +90,12 @@ class FlowCollector:
         with self._lock:
             self.by_stamp[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = (time.monotonic(), msg)
 
+    def drain(self) -> dict[int, tuple[float, object]]:
+        """Everything received so far ({stamp_ns: (arrival monotonic s, message)}), forgotten here."""
+        with self._lock:
+            received, self.by_stamp = self.by_stamp, {}
+        return received
+
     def wait_for(self, stamp: int, timeout: float) -> tuple[float, object] | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,195 @@
+"""End-to-end latency of the real node over real DDS, against the bare estimator and DIS-medium.
+
+    python -m bench.node_latency [--model M.pt] [--backends onnxruntime pytorch] [--rates 10 30]
+                                 [--sizes 480x640 720x1280] [--threads 2] [--duration 20] [--quick]
+                                 [--out bench/results/node_latency.md]
+
+For each frame size, backend and rate, the node (python -m mdflow_ros.node, its own process,
+the launch file's Fast DDS settings) receives a continuous stream of real frames (scikit-image
+photos under camera motion, rgb8) published from this process at the rate, and this process
+receives /optical_flow. Per message: end-to-end latency (arrival minus the publish time of the
+newer frame, one monotonic clock), the node's own inference and processing times (message
+fields). Per run: output rate, frames the node dropped (sent but never the newer frame of a
+published flow; it keeps only the newest frame, by design), and the node's peak resident memory
+(VmHWM). Measured in the same run, in this process, with the same backend, threads and size:
+the bare FlowEstimator call (with confidence, as the node runs it) and OpenCV DIS-medium; the
+table gives the node's overhead over the bare call and its latency as a ratio to DIS-medium.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.accuracy import time_method
+from bench.methods import make_method, ours
+from mdflow_ros.demo import FlowCollector, stop, wait_until, write_node_params
+from mdflow_ros.frame_player import FramePlayer, Plan
+from mdflow_ros.inference.estimator import default_model
+from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.ros_env import large_data_environment
+from mdflow_ros.synthetic import camera_motion_pair, photo_library
+
+TOPIC = "/mdflow_bench/image_raw"
+START_TIMEOUT_S = 300.0
+
+
+def stream_plan(size: tuple[int, int], frames: int) -> Plan:
+    """``frames`` real frames in a loop of 8 photos under camera motion (plain steps, cached messages)."""
+    photos = photo_library()
+    pool = [camera_motion_pair(photos[i % len(photos)], size, np.random.default_rng(i)).img2 for i in range(8)]
+    return Plan(pool, [{"frame": i % len(pool)} for i in range(frames)])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process in MB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def summarise(sent: list[dict], received: dict[int, tuple[float, object]], duration_s: float) -> dict[str, float]:
+    """Latency percentiles, node timings, output rate and drops from the send log and the received flows."""
+    by_stamp = {r["stamp_ns"]: r["sent_monotonic"] for r in sent}
+    flows = [(arrived - by_stamp[stamp], msg) for stamp, (arrived, msg) in received.items() if stamp in by_stamp]
+    if not flows:
+        raise RuntimeError("the node published no flow for the frames sent")
+    latency = np.array([1000 * lat for lat, _ in flows])
+    return {"p50_ms": float(np.percentile(latency, 50)), "p90_ms": float(np.percentile(latency, 90)),
+            "p99_ms": float(np.percentile(latency, 99)),
+            "inference_ms": 1000 * statistics.median(float(m.inference_time) for _, m in flows),
+            "processing_ms": 1000 * statistics.median(float(m.processing_time) for _, m in flows),
+            "output_hz": len(flows) / duration_s, "received": len(flows), "sent": len(sent),
+            "dropped": len(sent) - len(flows) - 1}
+
+
+def run_node(model: Path, backend: str, threads: int, size: tuple[int, int], rate: float, duration_s: float,
+             domain: int) -> dict[str, float]:
+    """One node process, one stream; its summary with the node's peak memory."""
+    import rclpy
+
+    env = large_data_environment()
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    params = Path(tempfile.mkdtemp(prefix="mdflow_bench_")) / "params.yaml"
+    write_node_params(params, model, backend, (0, 0), threads)
+    node = subprocess.Popen([sys.executable, "-m", "mdflow_ros.node", "--ros-args", "--params-file", str(params),
+                             "-r", f"image:={TOPIC}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    ros_node = rclpy.create_node("mdflow_node_latency", context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(ros_node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        collector = FlowCollector(ros_node)
+        player = FramePlayer(ros_node, TOPIC)
+        ready = wait_until(lambda: node.poll() is not None or (collector.subscription.get_publisher_count() > 0
+                                                               and player.publisher.get_subscription_count() > 0),
+                           START_TIMEOUT_S)
+        if node.poll() is not None or not ready:
+            raise RuntimeError(f"the node did not start: {node.stderr.read().decode()[-2000:] if node.poll() else ''}")
+        player.play(stream_plan(size, int(2 * rate)), rate)
+        time.sleep(2.0)
+        collector.drain()
+        start = time.monotonic()
+        sent = player.play(stream_plan(size, int(duration_s * rate)), rate)
+        time.sleep(2.0)
+        result = summarise(sent, collector.drain(), time.monotonic() - start - 2.0)
+        result["node_peak_mb"] = peak_rss_mb(node.pid)
+        return result
+    finally:
+        stop(node)
+        executor.shutdown(timeout_sec=2.0)
+        ros_node.destroy_node()
+        context.try_shutdown()
+
+
+def bare_ms(model: Path, backend: str, threads: int, size: tuple[int, int], runs: int) -> dict[str, float]:
+    """The estimator as the node calls it (with confidence), and DIS-medium, on the same frames and threads."""
+    from mdflow_ros.inference import FlowEstimator
+
+    est = FlowEstimator(backend=backend, model=model, confidence=True, threads=threads)
+    with_confidence = 1000 * time_method(lambda a, b: est.estimate(a, b), *size, runs)
+    forward = 1000 * time_method(ours(model, backend, threads), *size, runs)
+    dis = 1000 * time_method(make_method("dis-medium", {}, threads), *size, runs)
+    return {"bare_ms": with_confidence, "bare_forward_ms": forward, "dis_medium_ms": dis}
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, model: Path) -> str:
+    lines = ["# The node end to end: latency over DDS", "",
+             f"{datetime.date.today().isoformat()}; {platform.machine()} CPU, {os.cpu_count()} cores, inference on "
+             f"{args.threads} threads; model `{model.name}` (SHA-256 {file_sha256(model)[:12]}); node with confidence, "
+             f"rgb8 frames published and received in one other process over Fast DDS (shared memory, the launch "
+             f"file's profile), {args.duration:.0f} s per row after 2 s of warm-up. "
+             f"Command: `python -m bench.node_latency {' '.join(args.argv)}`.", "",
+             "| size | backend | rate Hz | latency p50 / p90 / p99 ms | node inference ms | bare call ms | "
+             "node overhead ms | output Hz | dropped / sent | x DIS-medium (p50) | node peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['backend']} | {r['rate']:g} | {r['p50_ms']:.0f} / {r['p90_ms']:.0f} / {r['p99_ms']:.0f} "
+            f"| {r['inference_ms']:.0f} | {r['bare_ms']:.0f} | {r['p50_ms'] - r['bare_ms']:.0f} | {r['output_hz']:.1f} "
+            f"| {r['dropped']} / {r['sent']} | {r['p50_ms'] / r['dis_medium_ms']:.1f} | {r['node_peak_mb']:.0f} |")
+    lines += ["", "Latency is from publishing the newer frame to receiving its flow: DDS transport both ways, "
+              "conversion, the forward and backward passes (confidence), message building. "
+              "Overhead = latency p50 minus the bare estimator call (with confidence) measured in this process. "
+              "The node never queues: when frames arrive faster than it computes, it keeps the newest and "
+              "counts the rest as dropped, so latency stays bounded and the output rate is the compute rate. "
+              "Bare forward-only calls (no confidence): "
+              + ", ".join(f"{r['size']} {r['backend']} {r['bare_forward_ms']:.0f} ms" for r in rows
+                          if r["rate"] == args.rates[0]) + ".", ""]
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.split("x"))
+    return height, width
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the shipped teacher)")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "pytorch"])
+    parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 30.0])
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(480, 640), (720, 1280)], help="HxW frames")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of stream per row")
+    parser.add_argument("--runs", type=int, default=10, help="timed bare calls per size and backend")
+    parser.add_argument("--quick", action="store_true", help="480x640, onnxruntime, 10 Hz, 5 s")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "node_latency.md")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.backends, args.rates, args.sizes, args.duration, args.runs = ["onnxruntime"], [10.0], [(480, 640)], 5.0, 3
+    model = args.model or default_model()
+    rows = []
+    for size in args.sizes:
+        for backend in args.backends:
+            bare = bare_ms(model, backend, args.threads, size, args.runs)
+            for rate in args.rates:
+                print(f"node_latency: {size[1]}x{size[0]} {backend} {rate:g} Hz ...", flush=True)
+                result = run_node(model, backend, args.threads, size, rate, args.duration, 1 + os.getpid() % 100)
+                rows.append(dict(result, **bare, size=f"{size[1]}x{size[0]}", backend=backend, rate=rate))
+    text = markdown(rows, args, model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
