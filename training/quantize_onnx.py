@@ -5,8 +5,8 @@
 Exports the forward-only deployed graph, quantizes its convolutions statically (QDQ, int8
 per-channel weights, uint8 activations calibrated on real photos under known motion), and
 reports the EPE of the int8 graph against the fp32 graph and against the ground truth on
-held-out pairs (``--data`` adds benchmark folders). The correlation, warps and resizes stay
-fp32. Prints a markdown table; exits non-zero if the int8 file could not be made.
+held-out synthetic pairs (``python -m bench.accuracy --int8 FILE`` measures it on every
+ground-truth set). The correlation, warps and resizes stay fp32. Prints a markdown table; exits non-zero if the int8 file could not be made.
 """
 from __future__ import annotations
 
