@@ -104,7 +104,8 @@ def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], 
     lines += ["", "Every stage's full config is in the model file (`meta['lineage']`); the last one:", "",
               "```yaml", yaml.safe_dump(stages[-1]["config"], sort_keys=False).rstrip(), "```", "",
               "## Accuracy (measured when shipped, PyTorch backend, forward flow)", "", metrics, "",
-              "Peers (OpenCV DIS, Farneback, DeepFlow, RLOF) and speed: `bench/results/accuracy.md`.", "",
+              "Peers (OpenCV DIS, Farneback, DeepFlow, RLOF) and speed: `python -m bench.accuracy` "
+              "(results in `bench/results/accuracy.md` once run).", "",
               notes.rstrip(), ""]
     return "\n".join(lines)
 

@@ -341,8 +341,6 @@ class EngineSession:
         del self.context, self.engine, self.runtime, self.stream
 
 
-
-
 def plugin_onnx(onnx_path: Path, out: Path) -> Path:
     """The plugin-route variant of ``onnx_path`` at ``out``, written once per source ONNX."""
     if not out.is_file():
