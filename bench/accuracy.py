@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import frames
+from bench.latency import frames, peak_rss_mb
 from bench.methods import PEERS, make_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +97,7 @@ def measure(name: str, files: dict[str, Path], threads: int, runs: int, syntheti
     torch.set_num_threads(threads)
     flow = make_method(name, files, threads)
     speed = {f"{w}x{h}": 1000 * time_method(flow, h, w, runs) for h, w in SPEED_SIZES}
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     accuracy = {s.name: dict(evaluate(flow, s), pairs=len(s.pairs))
                 for s in ground_truth_sets(synthetic, folders, max_pairs)}
     return {"speed_ms": speed, "peak_mb": peak_mb, "accuracy": accuracy}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,20 @@ def frames(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
     pair = fixed_demo_pair()
     return tuple(cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA) for x in (pair.img1, pair.img2))
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) of a live process in MB, 0 when it is gone.
+
+    Not getrusage's ru_maxrss: a child started by fork and exec reports its parent's peak there.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
 
 
 def teacher_macs(height: int, width: int) -> float:
@@ -90,7 +103,7 @@ def measure(method: str, model: str | None, threads: int, height: int, width: in
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return {"median_ms": 1000 * statistics.median(times), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"median_ms": 1000 * statistics.median(times), "peak_mb": peak_rss_mb()}
 
 
 def in_child(method: str, model: str | None, threads: int, height: int, width: int, runs: int) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.accuracy import time_method
+from bench.latency import peak_rss_mb
 from bench.methods import make_method, ours
 from mdflow_ros.demo import FlowCollector, stop, wait_until, write_node_params
 from mdflow_ros.frame_player import FramePlayer, Plan
@@ -49,17 +50,6 @@ def stream_plan(size: tuple[int, int], frames: int) -> Plan:
     photos = photo_library()
     pool = [camera_motion_pair(photos[i % len(photos)], size, np.random.default_rng(i)).img2 for i in range(8)]
     return Plan(pool, [{"frame": i % len(pool)} for i in range(frames)])
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a live process in MB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
 
 
 def summarise(sent: list[dict], received: dict[int, tuple[float, object]], duration_s: float) -> dict[str, float]:

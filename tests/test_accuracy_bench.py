@@ -1,10 +1,14 @@
 """bench/accuracy.py and bench/methods.py on a real photo under known motion (no shared data, no weights)."""
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import accuracy
+from bench.latency import peak_rss_mb
 from bench.methods import make_method
 from mdflow_ros.metrics import epe
 from mdflow_ros.synthetic import held_out_pairs
@@ -42,3 +46,10 @@ def test_measured_rows_make_a_table_with_ratios_to_dis_medium(pair, tmp_path):
     assert "| zero | " in text and "synthetic-1 (1 pairs)" in text
     accuracy.pareto_plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents():
+    ballast = np.ones(400 * 2**20 // 8)
+    child = subprocess.run([sys.executable, "-c", "from bench.latency import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert float(child.stdout) < 0.5 * peak_rss_mb() and ballast.sum() > 0
