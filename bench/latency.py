@@ -117,7 +117,8 @@ def in_child(method: str, model: str | None, threads: int, height: int, width: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="teacher model file (.pt); default: the shipped one")
-    parser.add_argument("--int8", default=None, help="an int8 ONNX file of the same teacher (optional)")
+    parser.add_argument("--int8", default=None,
+                        help="an int8 ONNX file of the same teacher (default with the shipped model: its int8 file)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.md"))
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.child, args.model, args.threads, *args.size, args.runs)))
         return
     methods = ["dis-ultrafast", "dis-medium", "pytorch:flow", "onnxruntime:flow", "onnxruntime:conf"]
+    shipped_int8 = Path(__file__).resolve().parents[1] / "mdflow_ros" / "weights" / "teacher_fastflownet.int8.onnx"
+    if args.int8 is None and args.model is None and shipped_int8.is_file():
+        args.int8 = str(shipped_int8)
     lines = [f"# Teacher latency on CPU ({args.threads} threads)", "",
              f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}. "
              f"Median of {args.runs} runs after 3 warm-up runs, each method in its own process; "

@@ -105,7 +105,7 @@ def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], 
               "```yaml", yaml.safe_dump(stages[-1]["config"], sort_keys=False).rstrip(), "```", "",
               "## Accuracy (measured when shipped, PyTorch backend, forward flow)", "", metrics, "",
               "Peers (OpenCV DIS, Farneback, DeepFlow, RLOF) and speed: `python -m bench.accuracy` "
-              "(results in `bench/results/accuracy.md` once run).", "",
+              "(`bench/results/accuracy.md`; re-run it after shipping a model).", "",
               notes.rstrip(), ""]
     return "\n".join(lines)
 
