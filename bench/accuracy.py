@@ -164,16 +164,20 @@ def pareto_plot(results: dict[str, dict], path: Path) -> None:
 
     sets = real_sets(results)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ours = 0
     for name, r in results.items():
         if name == "zero":
             continue
         epe = float(np.mean([r["accuracy"][s]["epe"] for s in sets]))
         ms = r["speed_ms"]["512x384"]
-        style = {"marker": "*", "s": 160, "color": "tab:red"} if name.startswith("teacher") else \
-            {"marker": "D", "s": 70, "color": "tab:purple"} if name.startswith("student") else \
-            {"marker": "o", "s": 40, "color": "tab:blue"}
-        ax.scatter(ms, epe, **style)
-        ax.annotate(name, (ms, epe), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if name.startswith(("teacher", "student")):
+            # one model through several backends lands in one spot: name ours in the legend
+            marker = "*" if name.startswith("teacher") else "D"
+            ax.scatter(ms, epe, marker=marker, s=150 if marker == "*" else 60, color=f"C{3 + ours}", label=name)
+            ours += 1
+        else:
+            ax.scatter(ms, epe, marker="o", s=40, color="tab:blue")
+            ax.annotate(name, (ms, epe), textcoords="offset points", xytext=(5, 4), fontsize=7)
     zero = float(np.mean([results["zero"]["accuracy"][s]["epe"] for s in sets]))
     ax.axhline(zero, color="grey", linestyle="--", linewidth=1, label="zero flow")
     ax.legend(fontsize=7, loc="upper left")
