@@ -1,19 +1,25 @@
 """End-to-end latency of the real node over real DDS, against the bare estimator and DIS-medium.
 
     python -m bench.node_latency [--model M.pt] [--backends onnxruntime pytorch] [--rates 10 30]
-                                 [--sizes 480x640 720x1280] [--threads 2] [--duration 20] [--quick]
+                                 [--sizes 480x640 720x1280] [--threads 2] [--duration 20]
+                                 [--variants 256x320 256x320-noconf] [--quick]
                                  [--out bench/results/node_latency.md]
 
 For each frame size, backend and rate, the node (python -m mdflow_ros.node, its own process,
-the launch file's Fast DDS settings) receives a continuous stream of real frames (scikit-image
-photos under camera motion, rgb8) published from this process at the rate, and this process
-receives /optical_flow. Per message: end-to-end latency (arrival minus the publish time of the
-newer frame, one monotonic clock), the node's own inference and processing times (message
-fields). Per run: output rate, frames the node dropped (sent but never the newer frame of a
-published flow; it keeps only the newest frame, by design), and the node's peak resident memory
-(VmHWM). Measured in the same run, in this process, with the same backend, threads and size:
-the bare FlowEstimator call (with confidence, as the node runs it) and OpenCV DIS-medium; the
-table gives the node's overhead over the bare call and its latency as a ratio to DIS-medium.
+the launch file's Fast DDS settings, default parameters: network at the frame size, with
+confidence) receives a continuous stream of real frames (scikit-image photos under camera
+motion, rgb8) published from this process at the rate, and this process receives
+/optical_flow. Then, at the first size and backend and the highest rate, the speed-knob
+variants: a smaller network input (`input_height`/`input_width`) and confidence off.
+
+Per message: end-to-end latency (arrival minus the publish time of the newer frame, one
+monotonic clock) and the node's own inference and processing times (message fields); the
+node's overhead is latency minus its inference time, per message (DDS both ways, image
+conversion, message building, waiting for the worker). Per run: output rate, frames the node
+dropped (sent but never the newer frame of a published flow; it keeps only the newest frame, by
+design), and the node's peak resident memory (VmHWM). Measured in the same run, in this
+process, with the same backend, threads and size: the bare FlowEstimator call (with
+confidence, as the node runs it by default) and OpenCV DIS-medium.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from mdflow_ros.demo import FlowCollector, stop, wait_until, write_node_params
 from mdflow_ros.frame_player import FramePlayer, Plan
 from mdflow_ros.inference.estimator import default_model
 from mdflow_ros.inference.onnx_export import file_sha256
-from mdflow_ros.ros_env import large_data_environment
+from mdflow_ros.ros_env import local_session_environment
 from mdflow_ros.synthetic import camera_motion_pair, photo_library
 
 TOPIC = "/mdflow_bench/image_raw"
@@ -63,19 +69,19 @@ def summarise(sent: list[dict], received: dict[int, tuple[float, object]], durat
             "p99_ms": float(np.percentile(latency, 99)),
             "inference_ms": 1000 * statistics.median(float(m.inference_time) for _, m in flows),
             "processing_ms": 1000 * statistics.median(float(m.processing_time) for _, m in flows),
+            "overhead_ms": 1000 * statistics.median(lat - float(m.inference_time) for lat, m in flows),
             "output_hz": len(flows) / duration_s, "received": len(flows), "sent": len(sent),
             "dropped": len(sent) - len(flows) - 1}
 
 
 def run_node(model: Path, backend: str, threads: int, size: tuple[int, int], rate: float, duration_s: float,
-             domain: int) -> dict[str, float]:
+             domain: int, input_size: tuple[int, int] = (0, 0), confidence: bool = True) -> dict[str, float]:
     """One node process, one stream; its summary with the node's peak memory."""
     import rclpy
 
-    env = large_data_environment()
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env = local_session_environment(domain)
     params = Path(tempfile.mkdtemp(prefix="mdflow_bench_")) / "params.yaml"
-    write_node_params(params, model, backend, (0, 0), threads)
+    write_node_params(params, model, backend, input_size, threads, confidence)
     node = subprocess.Popen([sys.executable, "-m", "mdflow_ros.node", "--ros-args", "--params-file", str(params),
                              "-r", f"image:={TOPIC}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     context = rclpy.Context()
@@ -122,32 +128,45 @@ def bare_ms(model: Path, backend: str, threads: int, size: tuple[int, int], runs
 def markdown(rows: list[dict], args: argparse.Namespace, model: Path) -> str:
     lines = ["# The node end to end: latency over DDS", "",
              f"{datetime.date.today().isoformat()}; {platform.machine()} CPU, {os.cpu_count()} cores, inference on "
-             f"{args.threads} threads; model `{model.name}` (SHA-256 {file_sha256(model)[:12]}); node with confidence, "
+             f"{args.threads} threads; model `{model.name}` (SHA-256 {file_sha256(model)[:12]}); "
              f"rgb8 frames published and received in one other process over Fast DDS (shared memory, the launch "
              f"file's profile), {args.duration:.0f} s per row after 2 s of warm-up. "
              f"Command: `python -m bench.node_latency {' '.join(args.argv)}`.", "",
-             "| size | backend | rate Hz | latency p50 / p90 / p99 ms | node inference ms | bare call ms | "
-             "node overhead ms | output Hz | dropped / sent | x DIS-medium (p50) | node peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| size | backend | network input | confidence | rate Hz | latency p50 / p90 / p99 ms | "
+             "node inference ms | node overhead ms | bare call ms | output Hz | dropped / sent | "
+             "x DIS-medium (p50) | node peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        bare = f"{r['bare_ms']:.0f}" if "bare_ms" in r else "-"
         lines.append(
-            f"| {r['size']} | {r['backend']} | {r['rate']:g} | {r['p50_ms']:.0f} / {r['p90_ms']:.0f} / {r['p99_ms']:.0f} "
-            f"| {r['inference_ms']:.0f} | {r['bare_ms']:.0f} | {r['p50_ms'] - r['bare_ms']:.0f} | {r['output_hz']:.1f} "
-            f"| {r['dropped']} / {r['sent']} | {r['p50_ms'] / r['dis_medium_ms']:.1f} | {r['node_peak_mb']:.0f} |")
+            f"| {r['size']} | {r['backend']} | {r['network']} | {'on' if r['confidence'] else 'off'} | {r['rate']:g} "
+            f"| {r['p50_ms']:.0f} / {r['p90_ms']:.0f} / {r['p99_ms']:.0f} | {r['inference_ms']:.0f} "
+            f"| {r['overhead_ms']:.0f} | {bare} | {r['output_hz']:.1f} | {r['dropped']} / {r['sent']} "
+            f"| {r['p50_ms'] / r['dis_medium_ms']:.1f} | {r['node_peak_mb']:.0f} |")
     lines += ["", "Latency is from publishing the newer frame to receiving its flow: DDS transport both ways, "
-              "conversion, the forward and backward passes (confidence), message building. "
-              "Overhead = latency p50 minus the bare estimator call (with confidence) measured in this process. "
+              "conversion, the forward pass, the backward pass when confidence is on, message building. "
+              "Node overhead = latency minus the node's own inference time, median over messages. "
+              "Bare call = the estimator called directly in this process, with confidence, at the frame size "
+              "(default rows only). The network input `frame` means the frame size rounded to 64 (the default). "
               "The node never queues: when frames arrive faster than it computes, it keeps the newest and "
               "counts the rest as dropped, so latency stays bounded and the output rate is the compute rate. "
               "Bare forward-only calls (no confidence): "
               + ", ".join(f"{r['size']} {r['backend']} {r['bare_forward_ms']:.0f} ms" for r in rows
-                          if r["rate"] == args.rates[0]) + ".", ""]
+                          if "bare_forward_ms" in r and r["rate"] == args.rates[0]) + ".", ""]
     return "\n".join(lines)
 
 
 def parse_size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.split("x"))
     return height, width
+
+
+def parse_variant(text: str) -> tuple[tuple[int, int], bool]:
+    """'HxW' or 'HxW-noconf' (network input size, confidence off); 'frame' for the frame size."""
+    size, _, flag = text.partition("-")
+    if flag not in ("", "noconf"):
+        raise argparse.ArgumentTypeError(f"variant {text!r}: expected HxW, HxW-noconf, frame or frame-noconf")
+    return ((0, 0) if size == "frame" else parse_size(size)), flag != "noconf"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,21 +178,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of stream per row")
     parser.add_argument("--runs", type=int, default=10, help="timed bare calls per size and backend")
-    parser.add_argument("--quick", action="store_true", help="480x640, onnxruntime, 10 Hz, 5 s")
+    parser.add_argument("--variants", type=parse_variant, nargs="*",
+                        default=[parse_variant("frame-noconf"), parse_variant("256x320"), parse_variant("256x320-noconf")],
+                        help="speed knobs at the first size and backend, highest rate: HxW network input, -noconf")
+    parser.add_argument("--quick", action="store_true", help="480x640, onnxruntime, 10 Hz, 5 s, no variants")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "node_latency.md")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.backends, args.rates, args.sizes, args.duration, args.runs = ["onnxruntime"], [10.0], [(480, 640)], 5.0, 3
+        args.variants = []
     model = args.model or default_model()
+    domain = 1 + os.getpid() % 100
     rows = []
     for size in args.sizes:
         for backend in args.backends:
             bare = bare_ms(model, backend, args.threads, size, args.runs)
             for rate in args.rates:
                 print(f"node_latency: {size[1]}x{size[0]} {backend} {rate:g} Hz ...", flush=True)
-                result = run_node(model, backend, args.threads, size, rate, args.duration, 1 + os.getpid() % 100)
-                rows.append(dict(result, **bare, size=f"{size[1]}x{size[0]}", backend=backend, rate=rate))
+                result = run_node(model, backend, args.threads, size, rate, args.duration, domain)
+                rows.append(dict(result, **bare, size=f"{size[1]}x{size[0]}", backend=backend, rate=rate,
+                                 network="frame", confidence=True))
+    size, backend, rate = args.sizes[0], args.backends[0], max(args.rates)
+    dis = next(r["dis_medium_ms"] for r in rows if r["size"] == f"{size[1]}x{size[0]}")
+    for input_size, confidence in args.variants:
+        network = f"{input_size[1]}x{input_size[0]}" if input_size != (0, 0) else "frame"
+        print(f"node_latency: {size[1]}x{size[0]} {backend} {rate:g} Hz, network {network}, "
+              f"confidence {'on' if confidence else 'off'} ...", flush=True)
+        result = run_node(model, backend, args.threads, size, rate, args.duration, domain, input_size, confidence)
+        rows.append(dict(result, dis_medium_ms=dis, size=f"{size[1]}x{size[0]}", backend=backend, rate=rate,
+                         network=network, confidence=confidence))
     text = markdown(rows, args, model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -29,7 +29,7 @@ from mdflow_ros.frame_player import FramePlayer, Plan
 from mdflow_ros.inference.estimator import ModelNotShippedError, default_model
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.metrics import FlowMetrics, epe
-from mdflow_ros.ros_env import large_data_environment
+from mdflow_ros.ros_env import local_session_environment
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, fixed_demo_pair, photo_library
 
 TOPIC = "/mdflow_demo/image_raw"
@@ -65,10 +65,11 @@ def picture(pair: KnownMotionPair, flow: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)
 
 
-def write_node_params(path: Path, model: Path, backend: str, input_size: tuple[int, int], threads: int) -> None:
+def write_node_params(path: Path, model: Path, backend: str, input_size: tuple[int, int], threads: int,
+                      confidence: bool = True) -> None:
     """A parameter file for the demo's node (the rest keeps config/flow.yaml's defaults)."""
     params = {"model": str(model), "backend": backend, "input_height": input_size[0], "input_width": input_size[1],
-              "threads": threads}
+              "threads": threads, "confidence": confidence}
     lines = ["/**:", "  ros__parameters:"] + [f"    {k}: {json.dumps(v)}" for k, v in params.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -177,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     domain = args.domain if args.domain is not None else 1 + os.getpid() % 100
-    env = large_data_environment()
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    os.environ.update({k: env[k] for k in env if k.startswith(("FASTDDS_", "ROS_"))})
+    env = local_session_environment(domain)
 
     print(f"rendering {args.pairs} frame pairs with known motion ({args.size[1]}x{args.size[0]})")
     pairs = demo_pairs(args.pairs, tuple(args.size))

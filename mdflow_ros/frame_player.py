@@ -102,13 +102,19 @@ class FramePlayer:
         else:
             self.publisher = node.create_publisher(Image, topic, qos)
 
-    def wait_for_subscriber(self, timeout_s: float) -> bool:
-        """Wait until something subscribes to the topic (DDS matching); False after timeout_s."""
+    def wait_for_subscriber(self, timeout_s: float, settle_s: float = 0.5) -> bool:
+        """Wait until something subscribes to the topic (DDS matching); False after timeout_s.
+
+        DDS discovery is not symmetric: the publisher can see the subscriber before the
+        subscriber has matched the publisher, and a best-effort subscriber drops what arrives
+        in that window. Waiting settle_s more after the match closes it in practice.
+        """
         deadline = time.monotonic() + timeout_s
         while self.publisher.get_subscription_count() == 0:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+        time.sleep(settle_s)
         return True
 
     def play(self, plan: Plan, rate_hz: float,

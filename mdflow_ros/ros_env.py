@@ -54,3 +54,14 @@ def use_large_data_transport() -> dict[str, str]:
     settings = large_data_settings()
     os.environ.update(settings)
     return settings
+
+
+def local_session_environment(domain: int) -> dict[str, str]:
+    """For a process that talks to a node it starts: the child's environment (large-data transport,
+    ROS domain ``domain``, discovery on this host only), also applied to this process's own DDS
+    settings (before rclpy.init)."""
+    env = large_data_environment()
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    os.environ.update({k: env[k] for k in env if k.startswith(("FASTDDS_", "ROS_"))})
+    return env
+
