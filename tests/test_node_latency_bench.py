@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("rclpy")
+pytest.register_assert_rewrite("node_fixtures")
 
 from bench.node_latency import parse_variant, run_node, summarise  # noqa: E402
-from node_fixtures import built_msgs, flow_model  # noqa: E402,F401 (fixtures)
+
+pytest_plugins = ["node_fixtures"]
 
 
 def test_summarise_latency_rate_and_drops():
@@ -41,7 +43,7 @@ def test_summarise_refuses_a_run_without_flows():
         summarise([{"stamp_ns": 1, "sent_monotonic": 0.0}], {}, 1.0)
 
 
-def test_run_node_measures_the_real_node_at_640x480(built_msgs, flow_model):  # noqa: F811
+def test_run_node_measures_the_real_node_at_640x480(built_msgs, flow_model):
     """640x480 rgb8 frames are 921 kB: over Fast DDS's default limit, so this also checks the
     large-data set-up of both the node and this (publishing and receiving) process."""
     domain = 1 + (os.getpid() * 31 + zlib.crc32(__name__.encode())) % 100
