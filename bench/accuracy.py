@@ -32,7 +32,6 @@ from bench.latency import frames, peak_rss_mb
 from bench.methods import PEERS, make_method
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "mdflow_ros" / "weights"
 GT_DEV = REPO.parent / "shared" / "data" / "gt-dev"
 SPEED_SIZES = ((384, 512), (436, 1024))
 PICTURE_METHODS = ("teacher/onnxruntime", "student/pytorch", "dis-medium", "farneback", "deepflow", "rlof")
@@ -40,9 +39,11 @@ PICTURE_METHODS = ("teacher/onnxruntime", "student/pytorch", "dis-medium", "farn
 
 def default_files(teacher: str | None, student: str | None, int8: str | None) -> dict[str, Path]:
     """Model files by role: the given ones, else the shipped ones that exist."""
+    from mdflow_ros.inference.estimator import DEFAULT_TEACHER, WEIGHTS_DIR
+
     given = {"teacher": teacher, "student": student, "teacher-int8": int8}
-    shipped = {"teacher": WEIGHTS / "teacher_fastflownet.pt", "student": WEIGHTS / "student_raft.pt",
-               "teacher-int8": WEIGHTS / "teacher_fastflownet.int8.onnx"}
+    shipped = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt",
+               "teacher-int8": DEFAULT_TEACHER.with_suffix(".int8.onnx")}
     files = {}
     for role, path in given.items():
         if path is not None:

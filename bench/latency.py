@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.child, args.model, args.threads, *args.size, args.runs)))
         return
     methods = ["dis-ultrafast", "dis-medium", "pytorch:flow", "onnxruntime:flow", "onnxruntime:conf"]
-    shipped_int8 = Path(__file__).resolve().parents[1] / "mdflow_ros" / "weights" / "teacher_fastflownet.int8.onnx"
+    from mdflow_ros.inference.estimator import DEFAULT_TEACHER  # here, not at the top: children stay torch-free
+
+    shipped_int8 = DEFAULT_TEACHER.with_suffix(".int8.onnx")
     if args.int8 is None and args.model is None and shipped_int8.is_file():
         args.int8 = str(shipped_int8)
     lines = [f"# Teacher latency on CPU ({args.threads} threads)", "",

@@ -64,4 +64,3 @@ def local_session_environment(domain: int) -> dict[str, str]:
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     os.environ.update({k: env[k] for k in env if k.startswith(("FASTDDS_", "ROS_"))})
     return env
-

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import zlib
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +11,7 @@ pytest.importorskip("rclpy")
 pytest.register_assert_rewrite("node_fixtures")
 
 from bench.node_latency import parse_variant, run_node, summarise  # noqa: E402
+from node_fixtures import domain_id  # noqa: E402
 
 pytest_plugins = ["node_fixtures"]
 
@@ -46,7 +46,7 @@ def test_summarise_refuses_a_run_without_flows():
 def test_run_node_measures_the_real_node_at_640x480(built_msgs, flow_model):
     """640x480 rgb8 frames are 921 kB: over Fast DDS's default limit, so this also checks the
     large-data set-up of both the node and this (publishing and receiving) process."""
-    domain = 1 + (os.getpid() * 31 + zlib.crc32(__name__.encode())) % 100
+    domain = domain_id(__name__)
     saved = dict(os.environ)
     try:
         result = run_node(flow_model.path, "onnxruntime", 2, (480, 640), rate=10.0, duration_s=3.0, domain=domain)

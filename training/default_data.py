@@ -33,12 +33,11 @@ def download_wheels(wheel_dir: Path) -> dict[str, Path]:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     found = {}
     for name, version in WHEELS.items():
-        stem = name.replace("-", "_")
-        wheel = next(iter(sorted(wheel_dir.glob(f"{stem}-{version}-*.whl"))), None)
-        if wheel is None:
+        pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+        if not any(wheel_dir.glob(pattern)):
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheel_dir),
                             f"{name}=={version}"], check=True)
-            wheel = next(iter(sorted(wheel_dir.glob(f"{stem}-{version}-*.whl"))), None)
+        wheel = min(wheel_dir.glob(pattern), default=None)
         if wheel is None:
             raise SystemExit(f"default_data: pip did not leave {name}=={version} in {wheel_dir}")
         found[name] = wheel
