@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("img1")
     parser.add_argument("img2")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "pytorch"))
-    parser.add_argument("--model", default=None, help="model file (.pt or .onnx); default: the shipped teacher")
+    parser.add_argument("--model", default=None, help="model file (.pt or .onnx), or 'teacher' / 'student' (shipped); default: the teacher")
     parser.add_argument("--out", default=None, help="write the flow: .flo, .png (KITTI) or .npy")
     parser.add_argument("--viz", default=None, help="write a colour-wheel PNG")
     parser.add_argument("--no-confidence", action="store_true", help="forward pass only (faster)")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from mdflow_ros.frame_player import FramePlayer, Plan
-from mdflow_ros.inference.estimator import ModelNotShippedError, default_model
+from mdflow_ros.inference.estimator import ModelNotShippedError, resolve_model
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.metrics import FlowMetrics, epe
 from mdflow_ros.ros_env import local_session_environment
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="model file (.pt/.onnx); default: the shipped model")
+    parser.add_argument("--model", help="model file (.pt/.onnx), or 'teacher' / 'student' (shipped); default: the teacher")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for pictures and summary.json")
     parser.add_argument("--pairs", type=int, default=6, help="number of frame pairs")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="frame size")
@@ -238,14 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="frame rate within a burst (Hz)")
     parser.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a private one from the pid)")
     args = parser.parse_args(argv)
-    if args.model is None:
-        try:
-            args.model = default_model()
-        except ModelNotShippedError as err:
-            print(f"mdflow_ros demo: {err}\nRun the demo on a model file with --model PATH.", file=sys.stderr)
-            return 2
-    if not args.model.is_file():
-        print(f"mdflow_ros demo: model file {args.model} does not exist", file=sys.stderr)
+    try:
+        args.model = resolve_model(args.model)
+    except ModelNotShippedError as err:
+        print(f"mdflow_ros demo: {err}\nRun the demo on a model file with --model PATH.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"mdflow_ros demo: {err}", file=sys.stderr)
         return 2
     return run(args)
 

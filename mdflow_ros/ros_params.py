@@ -51,7 +51,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Backend to load when `backend` fails to load; none: exit with an error instead.",
               choices=("none", *BACKENDS)),
     ParamSpec("model", "",
-              "Model file (.pt, or .onnx for onnxruntime). Empty: the trained model shipped with mdflow_ros."),
+              "Model file (.pt, or .onnx for onnxruntime), or 'teacher' / 'student' for a shipped model. "
+              "Empty: the shipped teacher."),
     ParamSpec("device", "cpu", "Torch device of the pytorch backend (cpu, cuda, cuda:1, ...)."),
     ParamSpec("threads", 0, "CPU threads for inference; 0: the library's default.", int_range=(0, 256, 1)),
     ParamSpec("input_height", 0,

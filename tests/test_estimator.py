@@ -8,7 +8,8 @@ import torch
 from skimage import data
 
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.estimator import DEFAULT_TEACHER, _flow_to_input, network_size
+from mdflow_ros.inference.estimator import (DEFAULT_TEACHER, SHIPPED_MODELS, _flow_to_input, network_size,
+                                           resolve_model)
 from mdflow_ros.inference.onnx_export import export_onnx, file_sha256, onnx_for
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.model_file import ModelFileError, load_model_file, save_model_file
@@ -41,6 +42,17 @@ def test_no_model_means_the_shipped_teacher_and_never_random_weights():
     else:
         with pytest.raises(ModelNotShippedError, match="never falls back to untrained weights"):
             FlowEstimator()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_models_by_name(name):
+    if SHIPPED_MODELS[name].is_file():
+        assert resolve_model(name) == SHIPPED_MODELS[name]
+    else:
+        with pytest.raises(ModelNotShippedError, match=f"no trained {name} model is shipped"):
+            resolve_model(name)
+    with pytest.raises(FileNotFoundError, match="does not exist .or give one of the shipped models: teacher, student"):
+        resolve_model(f"{name}.pt")
 
 
 def test_output_is_at_input_resolution_for_odd_sizes(estimator, photos):

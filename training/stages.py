@@ -22,7 +22,7 @@ from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import arch_name
 from training.augment import AugmentParams, Augmentor
 from training.losses import epe_loss, masked_l1, photometric_loss, sequence_loss, smoothness_loss
-from training.pretrain import pretrain_loss
+from training.pretrain import pretrain_loss, student_pretrain_loss
 from training.selection import distillation_masks
 
 
@@ -217,12 +217,13 @@ class BackwardDistillation:
 Recipe = Callable[[nn.Module, dict[str, torch.Tensor], Augmentor, dict[str, Any], int],
                   tuple[torch.Tensor, dict[str, float]]]
 
-RECIPES = {"pretrain": pretrain_loss, "stage1": stage1_loss, "stage2": ForwardDistillation,
-           "stage3": BackwardDistillation}
-"""The optional synthetic pre-training and stage 1's recipes, and the recipe classes of stages 2 and 3
+RECIPES = {"pretrain": pretrain_loss, "student_pretrain": student_pretrain_loss, "stage1": stage1_loss,
+           "stage2": ForwardDistillation, "stage3": BackwardDistillation}
+"""The optional synthetic pre-trainings' and stage 1's recipes, and the recipe classes of stages 2 and 3
 (built around their frozen network)."""
 
-TRAINED_ARCH = {"pretrain": "fastflownet", "stage1": "fastflownet", "stage2": "raft", "stage3": "fastflownet"}
+TRAINED_ARCH = {"pretrain": "fastflownet", "student_pretrain": "raft", "stage1": "fastflownet", "stage2": "raft",
+                "stage3": "fastflownet"}
 """The architecture each stage trains."""
 
 FROZEN_ARCH = {"stage2": "fastflownet", "stage3": "raft"}

@@ -4,7 +4,8 @@
                              [--resume] [--max-steps N] [--init MODEL.pt]
                              [--teacher TEACHER.pt (stage2)] [--student STUDENT.pt (stage3)]
 
-stage1 trains the FastFlowNet teacher without labels; stage2 trains the RAFT student from the
+pretrain and student_pretrain (optional) train the teacher or the student on the synthetic
+source's ground truth only (no --data); stage1 trains the FastFlowNet teacher without labels; stage2 trains the RAFT student from the
 frozen ``--teacher`` (``--init``: a previous round's student); stage3 trains the teacher from
 ``--init`` (its stage-1 weights) with the frozen ``--student``. PATH is a rosbag2 (directory,
 .db3 or .mcap), a ROS 1 .bag, a video file or an image folder; the config's synthetic pairs

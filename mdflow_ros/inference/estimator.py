@@ -25,6 +25,8 @@ LOG = logging.getLogger("mdflow_ros.inference")
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_TEACHER = WEIGHTS_DIR / "teacher_fastflownet.pt"
+SHIPPED_MODELS = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt"}
+"""The trained models shipped in the package, by the name a user may give instead of a path."""
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
 ENCODINGS = ("rgb8", "bgr8", "mono8")
 
@@ -48,14 +50,27 @@ class FlowResult:
         return iter((self.flow, self.confidence))
 
 
-def default_model() -> Path:
-    """The shipped teacher, or ModelNotShippedError saying what to do instead."""
-    if not DEFAULT_TEACHER.is_file():
+def default_model(name: str = "teacher") -> Path:
+    """The shipped model ``name`` ("teacher" or "student"), or ModelNotShippedError saying what to do instead."""
+    path = SHIPPED_MODELS[name]
+    if not path.is_file():
         raise ModelNotShippedError(
-            f"no trained default model is shipped in this installation (expected {DEFAULT_TEACHER}). "
+            f"no trained {name} model is shipped in this installation (expected {path}). "
             "Pass model=PATH to a model file (.pt or .onnx) trained with training/train.py; "
             "mdflow_ros never falls back to untrained weights.")
-    return DEFAULT_TEACHER
+    return path
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """The model file meant by ``model``: None or "" is the shipped teacher, "teacher" or "student"
+    a shipped model, anything else a path that must exist."""
+    if model is None or str(model) in ("", *SHIPPED_MODELS):
+        return default_model(str(model or "teacher"))
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist (or give one of the shipped models: "
+                                f"{', '.join(SHIPPED_MODELS)})")
+    return path
 
 
 def network_size(height: int, width: int) -> tuple[int, int]:
@@ -100,8 +115,9 @@ class FlowEstimator:
 
     backend: "auto" (TensorRT, then ONNX Runtime GPU, ONNX Runtime CPU, then PyTorch; the
     choice and the reasons are logged), "tensorrt", "onnxruntime" or "pytorch".
-    model: a model file (.pt, or .onnx for ONNX Runtime), or a network instance for the
-    pytorch backend (training's evaluation); None means the shipped teacher.
+    model: a model file (.pt, or .onnx for ONNX Runtime), "teacher" or "student" (the shipped
+    models), or a network instance for the pytorch backend (training's evaluation); None means
+    the shipped teacher.
     input_size: fixed network (height, width), multiples of 64; None picks per frame size.
     confidence: compute the confidence map (one batched forward + backward pass); False runs
     the forward pass only, about twice as fast.
@@ -122,9 +138,7 @@ class FlowEstimator:
                 raise ValueError("a network instance runs on the pytorch backend only; save it to a model file for others")
             self.model_path = Path(f"<{type(model).__name__} in memory>")
         else:
-            self.model_path = Path(model) if model is not None else default_model()
-            if not self.model_path.is_file():
-                raise FileNotFoundError(f"model file {self.model_path} does not exist")
+            self.model_path = resolve_model(model)
         self.model = model if isinstance(model, torch.nn.Module) else self.model_path
         self.input_size = input_size
         self.with_confidence = confidence

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from training.data.synthetic_pairs import SyntheticPairs
+from training.pretrain import PRETRAIN_STAGES
 
 
 class MixedPairs(Dataset):
@@ -37,12 +38,12 @@ class MixedPairs(Dataset):
 def build_training_set(config: dict[str, Any], paths: Sequence[str]) -> MixedPairs:
     """Real pairs from ``paths`` (repeated data.real_repeat times) plus data.synthetic_pairs synthetic pairs.
 
-    The "pretrain" stage needs ground truth: it trains on the synthetic pairs only, with their flow.
+    The pre-training stages need ground truth: they train on the synthetic pairs only, with their flow.
     """
     d = config["data"]
-    if config["stage"] == "pretrain":
+    if config["stage"] in PRETRAIN_STAGES:
         if paths:
-            raise ValueError("the pretrain stage trains on synthetic pairs only (they carry ground truth); "
+            raise ValueError(f"the {config['stage']} stage trains on synthetic pairs only (they carry ground truth); "
                              "give no --data paths")
         return MixedPairs([SyntheticPairs(d["synthetic_pairs"], tuple(d["crop"]), with_flow=True)])
     parts: list[Dataset] = []
