@@ -8,6 +8,12 @@ OpenCV DIS ultrafast and medium, and the teacher through PyTorch and ONNX Runtim
 only and with confidence (and int8 ONNX Runtime when a quantized file is given). It reports
 the median latency after warm-up, the ratio to DIS-medium measured in the same run, the
 achieved GFLOP/s from the model's multiply-add count, and the peak resident memory.
+
+The ratios of methods timed one after another in separate processes move with the host's
+load (on a shared 2-core machine DIS-medium alone varied 12-18 ms between runs). The target's
+ratio, forward-only ONNX Runtime against DIS-medium, is therefore also measured paired: both
+in one process, calls alternating (order swapped every pair, a pause before each call so that
+no thread pool is still spinning), the median of the per-pair ratios with its quartiles.
 """
 from __future__ import annotations
 
@@ -106,10 +112,41 @@ def measure(method: str, model: str | None, threads: int, height: int, width: in
     return {"median_ms": 1000 * statistics.median(times), "peak_mb": peak_rss_mb()}
 
 
-def in_child(method: str, model: str | None, threads: int, height: int, width: int, runs: int) -> dict:
-    """``measure`` in a fresh Python process, so that peak memory is per method."""
+def paired_ratio(method: str, model: str | None, threads: int, height: int, width: int, runs: int,
+                 pause_s: float = 0.05) -> dict:
+    """``method``'s latency over DIS-medium's, from ``runs`` pairs of alternating calls in this process.
+
+    Returns the median and quartiles of the per-pair ratios and both methods' median ms.
+    """
+    ours, peer = make_runner(method, model, threads, height, width), make_runner("dis-medium", model, threads, height, width)
+    for _ in range(3):
+        ours(), peer()
+
+    def timed(run) -> float:
+        time.sleep(pause_s)
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    pairs = []
+    for i in range(runs):
+        if i % 2:
+            t_peer = timed(peer)
+            t_ours = timed(ours)
+        else:
+            t_ours = timed(ours)
+            t_peer = timed(peer)
+        pairs.append((t_ours, t_peer))
+    q1, median, q3 = statistics.quantiles([a / b for a, b in pairs], n=4)
+    return {"ratio": median, "ratio_q1": q1, "ratio_q3": q3, "ours_ms": 1000 * statistics.median(a for a, _ in pairs),
+            "dis_medium_ms": 1000 * statistics.median(b for _, b in pairs)}
+
+
+def in_child(method: str, model: str | None, threads: int, height: int, width: int, runs: int,
+             paired: bool = False) -> dict:
+    """``measure`` (or ``paired_ratio``) in a fresh Python process, so that peak memory is per method."""
     cmd = [sys.executable, __file__, "--child", method, "--threads", str(threads), "--runs", str(runs),
-           "--size", str(height), str(width)] + (["--model", model] if model else [])
+           "--size", str(height), str(width)] + (["--model", model] if model else []) + (["--paired"] if paired else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -124,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.md"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.model, args.threads, *args.size, args.runs)))
+        measured = (paired_ratio if args.paired else measure)(args.child, args.model, args.threads, *args.size, args.runs)
+        print(json.dumps(measured))
         return
     methods = ["dis-ultrafast", "dis-medium", "pytorch:flow", "onnxruntime:flow", "onnxruntime:conf"]
     from mdflow_ros.inference.estimator import DEFAULT_TEACHER  # here, not at the top: children stay torch-free
@@ -152,6 +191,16 @@ def main(argv: list[str] | None = None) -> None:
             passes = 2 if name.endswith(":conf") else 1
             rate = f"{passes * gflop / (ms / 1000):.0f}" if not name.startswith("dis") else "-"
             lines.append(f"| {name} | {ms:.1f} | {1000 / ms:.1f} | {ms / base:.2f} | {rate} | {r['peak_mb']:.0f} |")
+        lines += ["", "Paired with DIS-medium (one process, alternating calls; median ratio of "
+                  f"{args.runs} pairs [quartiles]):", "", "| method | x DIS-medium | its ms | DIS-medium ms |",
+                  "|---|---|---|---|"]
+        paired = {"onnxruntime:flow": args.model}
+        if args.int8:
+            paired["onnxruntime-int8:flow"] = args.int8
+        for name, model in paired.items():
+            r = in_child("onnxruntime:flow", model, args.threads, height, width, args.runs, paired=True)
+            lines.append(f"| {name} | {r['ratio']:.2f} [{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}] | "
+                         f"{r['ours_ms']:.1f} | {r['dis_medium_ms']:.1f} |")
         lines.append("")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""bench/accuracy.py and bench/methods.py on a real photo under known motion (no shared data, no weights)."""
+"""bench/accuracy.py, bench/methods.py and bench/latency.py's paired ratio on real photos (no shared data, no weights)."""
 import argparse
 import subprocess
 import sys
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from bench import accuracy
-from bench.latency import peak_rss_mb
+from bench.latency import in_child, peak_rss_mb
 from bench.methods import make_method
 from mdflow_ros.metrics import epe
+from mdflow_ros.models import FastFlowNet
+from mdflow_ros.models.model_file import save_model_file
 from mdflow_ros.synthetic import held_out_pairs
 
 
@@ -53,3 +55,12 @@ def test_peak_memory_of_a_child_is_its_own_not_its_parents():
     child = subprocess.run([sys.executable, "-c", "from bench.latency import peak_rss_mb; print(peak_rss_mb())"],
                            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     assert float(child.stdout) < 0.5 * peak_rss_mb() and ballast.sum() > 0
+
+
+def test_paired_latency_ratio_comes_from_alternating_calls_in_one_child(tmp_path):
+    model = tmp_path / "teacher_fastflownet.pt"
+    save_model_file(model, FastFlowNet(), {"stage": "stage1"})
+    r = in_child("onnxruntime:flow", str(model), 1, 128, 192, 6, paired=True)
+    assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
+    assert r["ours_ms"] > 0 and r["dis_medium_ms"] > 0
+    assert 0.5 < r["ratio"] / (r["ours_ms"] / r["dis_medium_ms"]) < 2, "median of pair ratios near the ratio of medians"
