@@ -39,11 +39,10 @@ PICTURE_METHODS = ("teacher/onnxruntime", "student/pytorch", "dis-medium", "farn
 
 def default_files(teacher: str | None, student: str | None, int8: str | None) -> dict[str, Path]:
     """Model files by role: the given ones, else the shipped ones that exist."""
-    from mdflow_ros.inference.estimator import DEFAULT_TEACHER, WEIGHTS_DIR
+    from mdflow_ros.inference.estimator import DEFAULT_TEACHER, SHIPPED_MODELS
 
     given = {"teacher": teacher, "student": student, "teacher-int8": int8}
-    shipped = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt",
-               "teacher-int8": DEFAULT_TEACHER.with_suffix(".int8.onnx")}
+    shipped = {**SHIPPED_MODELS, "teacher-int8": DEFAULT_TEACHER.with_suffix(".int8.onnx")}
     files = {}
     for role, path in given.items():
         if path is not None:

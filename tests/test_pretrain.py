@@ -9,7 +9,7 @@ from training.augment import AugmentConfig, Augmentor
 from training.config import DEFAULTS, merge
 from training.data.synthetic_pairs import SyntheticPairs
 from training.stages import RECIPES, TRAINED_ARCH
-from training.train import MODEL_FILES, train_stage
+from training.train import MODEL_FILES, StageError, train_stage
 
 TINY = {
     "seed": 3,
@@ -48,7 +48,7 @@ def test_pretraining_fits_the_ground_truth_of_a_fixed_batch(stage):
 
 
 def test_pretraining_refuses_recordings(tmp_path):
-    with pytest.raises(ValueError, match="student_pretrain stage trains on synthetic pairs only"):
+    with pytest.raises(StageError, match="student_pretrain stage trains on synthetic pairs only"):
         train_stage(tiny_config("student_pretrain"), [str(tmp_path / "my_run.mcap")], tmp_path / "run")
 
 

@@ -120,7 +120,11 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
         meta = _resumed_lineage(out / LATEST, meta)
     elif init is not None:
         _load_init(model, stage, init)
-    trainer = Trainer(cfg, out, model, recipe, build_training_set(cfg, data), meta, make_validator(cfg))
+    try:
+        pairs = build_training_set(cfg, data)
+    except ValueError as err:  # no data, or recordings given to a stage that takes none
+        raise StageError(str(err)) from None
+    trainer = Trainer(cfg, out, model, recipe, pairs, meta, make_validator(cfg))
     if resuming:
         trainer.resume()
     if trainer.rank == 0:
