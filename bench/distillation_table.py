@@ -1,14 +1,17 @@
 """Evidence for mutual distillation: does each MDFlow stage help, and do the mask and the extra term?
 
     python bench/distillation_table.py --config config/train/mdflow.yaml --data PATH [PATH ...] --out RUN_DIR
-        [--stage1-model TEACHER.pt] [--max-steps-per-stage N] [--threads 1]
+        [--stage1-model TEACHER.pt] [--stage2-model STUDENT.pt] [--variants NAME ...]
+        [--max-steps-per-stage N] [--threads 1]
         [--synthetic 16] [--gt-dev DIR ...] [--max-pairs N] [--table training/results/distillation_table.md]
 
 Trains, with the pipeline config's stage settings, one run directory per variant under RUN_DIR:
 the stage-1 teacher (or ``--stage1-model``), the stage-2 student with and without the reliable
 mask, the stage-3 teacher with the extra unsupervised term, without it (lambda = 0), and from
 the no-mask student, plus a control: the stage-1 teacher trained on with stage 1's recipe for as
-many steps as stage 3 (does stage 3 beat plain extra training?). Every variant is resumable (a
+many steps as stage 3 (does stage 3 beat plain extra training?). ``--stage2-model`` takes a
+trained student as the stage-2 row (e.g. the shipped one) and ``--variants`` trains only the
+named rows (each with the rows it starts from); the checks cover the rows present. Every variant is resumable (a
 killed run continues where it stopped; complete variants are skipped). Then every model is
 evaluated as deployed (FlowEstimator, pytorch backend) on the held-out synthetic pairs and the
 ground-truth folders (default: ../shared/data/gt-dev/*), and one markdown table of EPE is
@@ -90,14 +93,40 @@ def variant_config(variant: Variant, configs: dict[str, dict[str, Any]], max_ste
     return capped(cfg, max_steps)
 
 
+def selected_variants(names: Sequence[str] | None, given: Sequence[str]) -> list[Variant]:
+    """The variants to train, in table order: ``names`` (all when None) and the rows they start from.
+
+    given: the rows that come as trained model files (``--stage1-model``, ``--stage2-model``);
+    they are kept, without their own sources.
+    """
+    by_name = {v.name: v for v in VARIANTS}
+    unknown = sorted(set(names or ()) - set(by_name))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; the variants are {', '.join(by_name)}")
+    wanted = set(names or by_name) | set(given)
+    todo = list(wanted)
+    while todo:
+        v = by_name[todo.pop()]
+        if v.name in given:
+            continue
+        for source in (v.init, v.frozen):
+            if source and source not in wanted:
+                wanted.add(source)
+                todo.append(source)
+    return [v for v in VARIANTS if v.name in wanted]
+
+
 def train_variants(configs: dict[str, dict[str, Any]], data: Sequence[str], out: Path, max_steps: int | None,
-                   threads: int | None, stage1_model: Path | None) -> dict[str, Path]:
-    """Train (or resume, or skip when complete) every variant; returns {name: model file}."""
+                   threads: int | None, given: dict[str, Path], names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Train (or resume, or skip when complete) the variants; returns {name: model file}.
+
+    given: {row: trained model file} adopted as that row's result instead of training it.
+    """
     models: dict[str, Path] = {}
-    for v in VARIANTS:
+    for v in selected_variants(names, list(given)):
         directory = out / v.name
-        if v.name == "stage1" and stage1_model is not None:
-            model = adopt_model(directory, 1, v.stage, stage1_model)
+        if v.name in given:
+            model = adopt_model(directory, 1, v.stage, given[v.name])
         else:
             model = completed_model(directory)
         if model is None:
@@ -148,6 +177,8 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], models: dict[str, 
                      + " | ".join(f"{e:.3f}" for e in epes) + f" | {np.mean(epes):.3f} |")
     lines += ["", "| check | holds on | mean EPE |", "|---|---|---|"]
     for better, worse, claim in CHECKS:
+        if better not in models or worse not in models:
+            continue
         wins = sum(results[better][n]["epe"] < results[worse][n]["epe"] for n in names)
         means = (np.mean([results[better][n]["epe"] for n in names]), np.mean([results[worse][n]["epe"] for n in names]))
         lines.append(f"| {claim} ({better} < {worse}) | {wins} of {len(names)} sets | {means[0]:.3f} vs {means[1]:.3f} |")
@@ -161,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="*", default=[], help="training bags, videos or image folders")
     parser.add_argument("--out", type=Path, required=True, help="run directory (one subdirectory per variant)")
     parser.add_argument("--stage1-model", type=Path, default=None, help="a trained stage-1 teacher to start from")
+    parser.add_argument("--stage2-model", type=Path, default=None, help="a trained stage-2 student (the stage2 row)")
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help=f"train only these rows and their sources (default: all of {', '.join(v.name for v in VARIANTS)})")
     parser.add_argument("--max-steps-per-stage", type=int, default=None, help="cap every variant at N steps")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for training and evaluation")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
@@ -169,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=None, help="write the markdown here too")
     args = parser.parse_args(argv)
     _, configs = load_pipeline_config(args.config)
-    models = train_variants(configs, args.data, args.out, args.max_steps_per_stage, args.threads, args.stage1_model)
+    given = {name: path for name, path in (("stage1", args.stage1_model), ("stage2", args.stage2_model)) if path}
+    models = train_variants(configs, args.data, args.out, args.max_steps_per_stage, args.threads, given, args.variants)
     folders = default_data() if args.gt_dev is None else args.gt_dev
     threads = args.threads or configs["stage1"]["train"]["threads"] or torch.get_num_threads()
     sets = evaluation_sets(args.synthetic, folders, args.max_pairs)

@@ -6,7 +6,7 @@ import torch
 
 from mdflow_ros.inference.onnx_export import META_SOURCE, export_onnx, file_sha256, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.model_file import load_model_file, save_model_file
+from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
 from training.ship_model import check_parity, lineage, ship
 
 
@@ -60,3 +60,23 @@ def test_parity_check_refuses_an_onnx_of_other_weights(tmp_path, monkeypatch):
     other = export_onnx(FastFlowNet(), tmp_path / "other.onnx", True)
     with pytest.raises(ValueError, match="differs from PyTorch"):
         check_parity(model, other)
+
+
+def test_half_ships_float16_weights_that_load_as_float32_with_the_same_flow(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDFLOW_CACHE", str(tmp_path / "cache"))
+    model = _chain(tmp_path)
+    full, half = tmp_path / "full", tmp_path / "half"
+    ship(model, "", [], full, synthetic=0)
+    ship(model, "", [], half, synthetic=0, half=True)
+    pt_full, pt_half = full / "teacher_fastflownet.pt", half / "teacher_fastflownet.pt"
+    assert {t.dtype for t in load_model_file(pt_half).state_dict.values() if t.is_floating_point()} == {torch.float16}
+    assert pt_half.stat().st_size < 0.6 * pt_full.stat().st_size
+    net_full, net_half = load_model(pt_full), load_model(pt_half)
+    assert all(p.dtype == torch.float32 for p in net_half.parameters())
+    torch.manual_seed(1)
+    img1, img2 = torch.rand(2, 1, 3, 128, 192).unbind(0)
+    with torch.no_grad():
+        diff = (net_full(img1, img2)[0] - net_half(img1, img2)[0]).abs().max().item()
+    assert 0 < diff < 1e-2, "rounded weights: a tiny, nonzero change"
+    assert "stored as float16" in (half / "teacher_fastflownet.md").read_text()
+    assert onnx_metadata(half / "teacher_fastflownet.onnx")[META_SOURCE] == file_sha256(pt_half)

@@ -1,7 +1,7 @@
 """Ship a trained model into the package: weights, validated ONNX (teacher) and a model card.
 
     python training/ship_model.py RUN/teacher_fastflownet.pt --notes NOTES.md \
-        [--data ../shared/data/gt-dev/*] [--out mdflow_ros/weights]
+        [--data ../shared/data/gt-dev/*] [--out mdflow_ros/weights] [--half]
 
 Writes, in ``--out``, the model file under its standard name (``teacher_fastflownet.pt`` or
 ``student_raft.pt``) with its lineage folded into ``meta["lineage"]`` (every stage it came
@@ -11,6 +11,8 @@ then runs without exporting (see ``onnx_export.onnx_for``), refused if it differ
 PyTorch beyond ``export_trt``'s parity limit. Last, ``<name>.md``: the model card, with EPE and
 Fl-all measured here on the held-out synthetic set and on every ``--data`` set (zero flow
 beside it), and the hand-written ``--notes`` (targets, known weaknesses) appended.
+``--half`` stores the weights as float16 (half the file; they load as float32): the ONNX file
+and every metric then come from the rounded weights, as users get them.
 """
 from __future__ import annotations
 
@@ -87,9 +89,11 @@ def metrics_table(model: Path, sets: list[GroundTruthSet]) -> str:
 def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], metrics: str, notes: str,
                onnx: Path | None, parity_px: float | None) -> str:
     """The model card's markdown."""
-    params = sum(t.numel() for t in load_model_file(model).state_dict.values())
+    weights = load_model_file(model).state_dict
+    params = sum(t.numel() for t in weights.values())
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
     lines = [f"# Model card: `{name}`", "",
-             f"- Architecture: {arch} ({params:,} parameters); file `{model.name}`, "
+             f"- Architecture: {arch} ({params:,} parameters, stored as {', '.join(stored)}); file `{model.name}`, "
              f"{model.stat().st_size / 1e6:.1f} MB, SHA-256 `{file_sha256(model)}`.",
              f"- Shipped {datetime.date.today().isoformat()} with `training/ship_model.py`."]
     if onnx is not None:
@@ -110,8 +114,11 @@ def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], 
     return "\n".join(lines)
 
 
-def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 16) -> list[Path]:
-    """Write the shipped model file, its ONNX (teacher) and its card into ``out``; returns the paths."""
+def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 16, half: bool = False) -> list[Path]:
+    """Write the shipped model file, its ONNX (teacher) and its card into ``out``; returns the paths.
+
+    half: store the weights as float16; the ONNX file and the metrics use the stored weights.
+    """
     source = load_model_file(model)
     name = SHIPPED_NAMES[source.arch]
     out.mkdir(parents=True, exist_ok=True)
@@ -119,11 +126,11 @@ def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 1
     meta = {k: v for k, v in source.meta.items() if k not in ("data", "init", "parent", "frozen")}
     meta["lineage"] = stages
     shipped = out / f"{name}.pt"
-    save_model_file(shipped, build_model(source, model), meta)
+    save_model_file(shipped, build_model(source, model), meta, torch.float16 if half else None)
     written = [shipped]
     onnx, parity = None, None
     if source.arch == "fastflownet":
-        onnx = export_onnx(build_model(source, model), out / f"{name}.onnx", True, source_sha256=file_sha256(shipped))
+        onnx = export_onnx(load_model(shipped), out / f"{name}.onnx", True, source_sha256=file_sha256(shipped))
         parity = check_parity(shipped, onnx)
         written.append(onnx)
     sets = ([synthetic_set(synthetic, (384, 512), 1234)] if synthetic else []) + benchmark_sets(data)
@@ -140,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="*", default=[], help="ground-truth folders to measure on")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     try:
-        for path in ship(args.model, args.notes.read_text(), args.data, args.out, args.synthetic):
+        for path in ship(args.model, args.notes.read_text(), args.data, args.out, args.synthetic, args.half):
             print(path)
     except (ValueError, FileNotFoundError) as err:
         print(f"ship_model: {err}", file=sys.stderr)

@@ -50,9 +50,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
-    """Write a model file (atomically) for ``model`` with plain-data ``meta``."""
+def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None,
+                    float_dtype: torch.dtype | None = None) -> None:
+    """Write a model file (atomically) for ``model`` with plain-data ``meta``.
+
+    float_dtype: store the floating-point weights in this dtype (e.g. torch.float16 halves the
+    file); loading casts them back to the network's dtype.
+    """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if float_dtype is not None:
+        state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
     atomic_torch_save({"arch": arch_name(model), "state_dict": state, "meta": dict(meta or {})}, path)
 
 
