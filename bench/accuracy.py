@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import frames, peak_rss_mb
+from bench.latency import cpu_description, frames, peak_rss_mb
 from bench.methods import PEERS, make_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def markdown(results: dict[str, dict], args: argparse.Namespace, files: dict[str
     sets = list(next(iter(results.values()))["accuracy"])
     base = results["dis-medium"]["speed_ms"]
     lines = ["# Accuracy and speed against the peers", "",
-             f"{datetime.date.today().isoformat()}; {platform.machine()} CPU ({args.threads} threads), Python "
+             f"{datetime.date.today().isoformat()}; {cpu_description()} CPU ({args.threads} threads), Python "
              f"{platform.python_version()}, PyTorch {torch.__version__}, ONNX Runtime {onnxruntime.__version__}, "
              f"OpenCV {cv2.__version__}. Command: `python -m bench.accuracy {' '.join(args.argv)}`.", ""]
     lines += [f"- {role}: `{path.name}` (SHA-256 {file_sha256(path)[:12]})" for role, path in files.items()]

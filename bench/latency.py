@@ -29,8 +29,21 @@ from pathlib import Path
 import numpy as np
 
 SIZES = ((384, 512), (448, 1024))
-ROOFLINE_GFLOPS = 207.0
-"""Measured fp32 sgemm peak of this machine kind on 2 threads (the issue's figure)."""
+SGEMM_N = 2048
+"""Side of the square fp32 matrices whose product measures the CPU's peak (the roofline) in each run."""
+SIMD_FLAGS = ("avx512f", "avx512_vnni", "avx2", "fma", "amx_tile")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and vector extensions (from /proc/cpuinfo where there is one): the
+    ratios between methods depend on them (e.g. AVX-512 speeds the networks, not DIS)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()) if v}
+    flags = [f for f in SIMD_FLAGS if f in fields.get("flags", "").split()]
+    return f"{fields.get('model name', platform.machine())} ({platform.machine()}; {', '.join(flags) or 'no AVX'})"
 
 
 def frames(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +94,12 @@ def teacher_macs(height: int, width: int) -> float:
 
 def make_runner(method: str, model: str | None, threads: int, height: int, width: int):
     """A zero-argument callable computing one flow with ``method`` on the benchmark frames."""
+    if method == "sgemm":
+        import torch
+
+        torch.set_num_threads(threads)
+        x = torch.randn(SGEMM_N, SGEMM_N)
+        return lambda: x @ x
     import cv2
 
     a, b = frames(height, width)
@@ -173,10 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     shipped_int8 = DEFAULT_TEACHER.with_suffix(".int8.onnx")
     if args.int8 is None and args.model is None and shipped_int8.is_file():
         args.int8 = str(shipped_int8)
+    sgemm_ms = in_child("sgemm", None, args.threads, SGEMM_N, SGEMM_N, args.runs)["median_ms"]
+    roofline_gflops = 2 * SGEMM_N ** 3 / sgemm_ms / 1e6
     lines = [f"# Teacher latency on CPU ({args.threads} threads)", "",
-             f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}. "
+             f"Machine: {cpu_description()}, Python {platform.python_version()}. "
              f"Median of {args.runs} runs after 3 warm-up runs, each method in its own process; "
-             "`flow` = forward only, `conf` = forward + backward pass with confidence.", ""]
+             "`flow` = forward only, `conf` = forward + backward pass with confidence. fp32 roofline: "
+             f"{roofline_gflops:.0f} GFLOP/s, PyTorch's {SGEMM_N}x{SGEMM_N} matrix product on the same threads "
+             "in this run.", ""]
     for height, width in SIZES:
         gflop = 2 * teacher_macs(height, width) / 1e9
         results = {m: in_child(m, args.model, args.threads, height, width, args.runs) for m in methods}
@@ -184,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             results["onnxruntime-int8:flow"] = in_child("onnxruntime:flow", args.int8, args.threads, height, width, args.runs)
         base = results["dis-medium"]["median_ms"]
         lines += [f"## {width}x{height} (teacher forward: {gflop:.1f} GFLOP; fp32 roofline "
-                  f"{1000 * gflop / ROOFLINE_GFLOPS:.0f} ms)", "",
+                  f"{1000 * gflop / roofline_gflops:.0f} ms)", "",
                   "| method | median ms | FPS | x DIS-medium | GFLOP/s | peak MB |", "|---|---|---|---|---|---|"]
         for name, r in results.items():
             ms = r["median_ms"]

@@ -64,3 +64,13 @@ def test_paired_latency_ratio_comes_from_alternating_calls_in_one_child(tmp_path
     assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
     assert r["ours_ms"] > 0 and r["dis_medium_ms"] > 0
     assert 0.5 < r["ratio"] / (r["ours_ms"] / r["dis_medium_ms"]) < 2, "median of pair ratios near the ratio of medians"
+
+
+def test_the_benchmarks_name_the_cpu_and_measure_its_peak():
+    import platform
+
+    from bench.latency import SGEMM_N, cpu_description, make_runner
+
+    assert platform.machine() in cpu_description()
+    product = make_runner("sgemm", None, 1, SGEMM_N, SGEMM_N)()
+    assert product.shape == (SGEMM_N, SGEMM_N)
