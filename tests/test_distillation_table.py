@@ -1,4 +1,6 @@
 """bench/distillation_table.py: which rows a partial table trains, adopted model files, and checks on the rows present."""
+from pathlib import Path
+
 import pytest
 
 from bench import distillation_table as table
@@ -7,6 +9,8 @@ from mdflow_ros.models.model_file import save_model_file
 from training.config import load_pipeline_config
 from training.evaluate import GroundTruthSet
 from training.mdflow import PipelineError
+
+SHIPPED_PIPELINE = Path(__file__).resolve().parents[1] / "config" / "train" / "mdflow_shipped.yaml"
 
 
 def names(variants):
@@ -29,7 +33,7 @@ def test_an_unknown_row_is_refused_with_the_choices():
 def test_given_models_are_adopted_untrained_and_a_changed_one_is_refused(tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_model_file(teacher, FastFlowNet(), {"stage": "stage1", "step": 7})
-    _, configs = load_pipeline_config("config/train/mdflow_shipped.yaml")
+    _, configs = load_pipeline_config(SHIPPED_PIPELINE)
     models = table.train_variants(configs, [], tmp_path / "run", None, 1, {"stage1": teacher}, ["stage1"])
     assert models == {"stage1": teacher.resolve()}
     save_model_file(teacher, FastFlowNet(), {"stage": "stage1", "step": 8})
@@ -45,7 +49,7 @@ def test_the_table_states_only_the_checks_whose_rows_it_has(tmp_path):
     sets = [GroundTruthSet("a", []), GroundTruthSet("b", [])]
     epe = {"zero": (9.0, 9.0), "stage1": (2.0, 4.0), "stage2": (1.0, 5.0)}
     results = {row: {s.name: {"epe": e} for s, e in zip(sets, values)} for row, values in epe.items()}
-    _, configs = load_pipeline_config("config/train/mdflow_shipped.yaml")
+    _, configs = load_pipeline_config(SHIPPED_PIPELINE)
     text = table.markdown(results, models, sets, configs, "cmd")
     assert "| stage2 | S after stage 2, reliable mask M" in text and "| 300 | 1.000 | 5.000 | 3.000 |" in text
     assert "(stage2 < stage1) | 1 of 2 sets | 3.000 vs 3.000 |" in text
