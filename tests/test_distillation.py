@@ -22,7 +22,7 @@ from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_pipeline_config, merge, resume_differences
 from training.data.synthetic_pairs import SyntheticPairs
 from training.make_bag import write_known_motion_bag
-from training.stages import augment_labels, augment_pair, make_recipe
+from training.stages import augment_labels, augment_pair, frozen_flows, make_recipe
 from training.train import new_network
 from training.trainer import Trainer
 from training_cli import run_script
@@ -124,6 +124,32 @@ def test_a_stage_trains_one_network_and_leaves_the_other_untouched(stage, tmp_pa
     trainer.run()
     assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items()), "the frozen network changed"
     assert any(not torch.equal(start[k], v) for k, v in trained.state_dict().items()), "the trained network did not"
+
+
+def test_stage3_distills_on_the_original_pass_too_when_asked():
+    cfg = stage_config("stage3")
+    student = frozen_network("stage3").eval()
+    torch.manual_seed(1)
+    teacher = FastFlowNet().train()
+    data = SyntheticPairs(4, (64, 64))
+    batch = {k: torch.stack([data[(i, i)][k] for i in range(2)]) for k in ("img1", "img2")}
+    recipe = make_recipe("stage3", student)
+
+    def terms_with(passes: str) -> dict[str, float]:
+        loss_cfg = dict(cfg["loss"], distill_passes=passes)
+        return recipe(teacher, batch, Augmentor(AugmentConfig(), torch.Generator().manual_seed(0)), loss_cfg, 0)[1]
+
+    augmented, both = terms_with("augmented"), terms_with("both")
+    assert "distillation_clean" not in augmented
+    student_fw, student_bw = frozen_flows(student, batch["img1"], batch["img2"])
+    teacher_fw, teacher_bw = frozen_flows(teacher, batch["img1"], batch["img2"])
+    assert both["visible"] == 1.0, "the loose forward-backward check keeps every pixel"
+    clean = float(((teacher_fw - student_fw).abs().mean() + (teacher_bw - student_bw).abs().mean()) / 2)
+    assert both["distillation_clean"] == pytest.approx(clean, rel=1e-4)
+    assert both["distillation"] == pytest.approx((augmented["distillation"] + clean) / 2, rel=1e-4)
+    assert both["unsupervised"] == pytest.approx(augmented["unsupervised"], rel=1e-5)
+    with pytest.raises(ValueError, match="distill_passes must be one of"):
+        terms_with("original")
 
 
 def test_pipeline_config_per_stage_and_resume_of_older_checkpoints(tmp_path):

@@ -1,4 +1,5 @@
 """The trainer on a real rosbag2 file: exact resume after a kill, refused resumes, and 2-process DDP."""
+import math
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.model_file import ModelFileError, load_model, save_model_file
 from training.checkpoint import load_checkpoint
-from training.config import ConfigError, load_config
+from training.config import DEFAULTS, ConfigError, load_config, merge
 from training.make_bag import write_known_motion_bag
+from training.trainer import scheduled_lr
 from training_cli import run_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +48,21 @@ def train(config: Path, bag: Path, out: Path, *extra: str, wait: bool = True):
     return run_script("train.py", config, bag, out, *extra, wait=wait)
 
 
+def test_learning_rate_schedules():
+    constant = merge(DEFAULTS["train"], {"lr": 1e-3, "steps": 10})
+    assert [scheduled_lr(s, constant) for s in (0, 9)] == [1e-3, 1e-3]
+    warm = dict(constant, lr_warmup_steps=4)
+    assert [scheduled_lr(s, warm) for s in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    cosine = dict(warm, lr_schedule="cosine")
+    lrs = [scheduled_lr(s, cosine) for s in range(10)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]), "warm-up first"
+    assert lrs[4] == pytest.approx(1e-3) and lrs[7] == pytest.approx(5e-4), "then a half cosine over the other 6 steps"
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:])) and lrs[9] == pytest.approx(1e-3 * (1 + math.cos(5 * math.pi / 6)) / 2)
+
+
 def test_resume_after_a_kill_continues_exactly(bag, tmp_path):
-    config = write_config(tmp_path / "tiny.yaml", train={"steps": 5})
+    """With a warm-up and a cosine schedule, so that the learning rate must resume at the right step too."""
+    config = write_config(tmp_path / "tiny.yaml", train={"steps": 5, "lr_schedule": "cosine", "lr_warmup_steps": 2})
     straight = train(config, bag, tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -70,6 +85,8 @@ def test_resume_after_a_kill_continues_exactly(bag, tmp_path):
     b = load_model(run / "teacher_fastflownet.pt").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), f"killed at step {killed_at}, resumed weights differ from {straight_path}"
     assert load_checkpoint(run / "latest.pt")["step"] == 5
+    last_lr = load_checkpoint(run / "latest.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(scheduled_lr(4, load_config(config)["train"])) and last_lr < 1e-4 / 2
 
 
 def test_resume_with_another_config_or_model_is_refused(bag, tmp_path):
@@ -80,6 +97,13 @@ def test_resume_with_another_config_or_model_is_refused(bag, tmp_path):
     assert other.returncode != 0 and "train.lr: checkpoint has 0.0001, config has 0.0005" in other.stderr
     longer = train(write_config(tmp_path / "c.yaml", train={"steps": 2}), bag, run, "--resume")
     assert longer.returncode == 0, "changing the step count is allowed"
+    cosine = tmp_path / "cosine"
+    assert train(write_config(tmp_path / "d.yaml", train={"steps": 1, "lr_schedule": "cosine"}), bag, cosine).returncode == 0
+    stretched = train(write_config(tmp_path / "e.yaml", train={"steps": 2, "lr_schedule": "cosine"}), bag, cosine, "--resume")
+    assert stretched.returncode != 0 and "schedule spans train.steps" in stretched.stderr
+    unknown = train(write_config(tmp_path / "f.yaml", train={"lr_schedule": "step"}), bag, tmp_path / "unknown")
+    assert unknown.returncode != 0 and "train.lr_schedule must be one of ('constant', 'cosine'), got 'step'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
 
 
 def test_resume_keeps_the_init_weights_and_refuses_other_ones(bag, tmp_path):

@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
         "steps": 20000,
         "batch_size": 4,
         "lr": 1.0e-4,
+        "lr_schedule": "constant",
+        "lr_warmup_steps": 0,
         "weight_decay": 1.0e-6,
         "adam_eps": 1.0e-7,
         "grad_clip": 0.0,
@@ -63,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
         "sequence_gamma": 0.8,
         "max_flow": 400.0,
         "unsup_weight": 1.0,
+        "distill_passes": "augmented",
     },
     "student": {
         "train_iters": TRAIN_ITERS,

@@ -182,6 +182,19 @@ class ForwardDistillation:
         return loss, terms
 
 
+DISTILL_PASSES = ("augmented", "both")
+"""Stage 3's passes of the teacher trained towards the student: the augmented one (MDFlow's
+figure), or the augmented and the original one."""
+
+
+def distill_passes(loss_cfg: dict[str, Any]) -> str:
+    """``loss.distill_passes``, checked against DISTILL_PASSES."""
+    kind = loss_cfg["distill_passes"]
+    if kind not in DISTILL_PASSES:
+        raise ValueError(f"loss.distill_passes must be one of {DISTILL_PASSES}, got {kind!r}")
+    return kind
+
+
 class BackwardDistillation:
     """Stage 3 (S -> T): the frozen student's flows are labels for the teacher, plus its own L_ph + L_sm.
 
@@ -189,7 +202,9 @@ class BackwardDistillation:
     smoothness loss and its occlusion masks O_f, O_b (the "extra unsupervised term", weight
     lambda = ``unsup_weight``); T on the augmented pair both ways is trained towards the
     augmented student flows A(F^_f), A(F^_b) with masked L1 on the finest level, masked by the
-    augmented A(O_f), A(O_b) of T's own pass.
+    augmented A(O_f), A(O_b) of T's own pass. With ``distill_passes`` "both" (not in MDFlow's
+    figure) the pass on (I1, I2) is also trained towards F^_f, F^_b masked by O_f, O_b, and the
+    distillation term is the mean of the two passes' terms.
     """
 
     def __init__(self, student: nn.Module):
@@ -198,6 +213,7 @@ class BackwardDistillation:
     def __call__(self, teacher: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                  loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: img1, img2 (B, 3, H, W) RGB in [0, 1]. Returns the loss and its terms."""
+        passes = distill_passes(loss_cfg)
         img1, img2 = batch["img1"], batch["img2"]
         b, _, height, width = img1.shape
         with torch.no_grad():
@@ -207,8 +223,12 @@ class BackwardDistillation:
         unsup, terms, _, _, vis_fw, vis_bw = unsupervised_loss([lvl[:2 * b] for lvl in levels], img1, img2, loss_cfg)
         with torch.no_grad():
             label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, student_fw, student_bw, vis_fw, vis_bw)
-        pred = teacher_flow_to_pixels(levels[0][2 * b:], height, width)
-        distill = (masked_l1(pred[:b], label_fw, m_fw) + masked_l1(pred[b:], label_bw, m_bw)) / 2
+        pred = teacher_flow_to_pixels(levels[0], height, width)
+        distill = (masked_l1(pred[2 * b:3 * b], label_fw, m_fw) + masked_l1(pred[3 * b:], label_bw, m_bw)) / 2
+        if passes == "both":
+            clean = (masked_l1(pred[:b], student_fw, vis_fw) + masked_l1(pred[b:2 * b], student_bw, vis_bw)) / 2
+            terms["distillation_clean"] = clean.item()
+            distill = (distill + clean) / 2
         loss = distill + loss_cfg["unsup_weight"] * unsup
         terms.update(distillation=distill.item(), unsupervised=unsup.item(), loss=loss.item())
         return loss, terms

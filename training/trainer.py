@@ -1,13 +1,15 @@
 """The one training loop of every MDFlow stage, on one process or many (torchrun / DDP).
 
 A stage is a loss recipe (training/stages.py) plus the network it trains. The loop owns
-what every stage needs: the resumable data stream, Adam, atomic checkpoints with the full
-RNG state (``--resume`` continues exactly), a tqdm bar, TensorBoard scalars and pictures,
-periodic validation on ground-truth pairs, gradient clipping and mixed precision on GPUs.
+what every stage needs: the resumable data stream, Adam and its learning-rate schedule,
+atomic checkpoints with the full RNG state (``--resume`` continues exactly), a tqdm bar,
+TensorBoard scalars and pictures, periodic validation on ground-truth pairs, gradient
+clipping and mixed precision on GPUs.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from mdflow_ros.models.model_file import ModelFileError
 from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from training.config import resume_differences
+from training.config import ConfigError, resume_differences
 from training.sampler import ResumableSampler
 
 LOG = logging.getLogger("mdflow_ros.training")
@@ -43,6 +45,22 @@ def distributed_context() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+LR_SCHEDULES = ("constant", "cosine")
+"""``train.lr_schedule``: the learning rate held at ``train.lr``, or decayed to zero over ``train.steps``
+on a half cosine; either after ``train.lr_warmup_steps`` of linear warm-up."""
+
+
+def scheduled_lr(step: int, train_cfg: dict[str, Any]) -> float:
+    """The learning rate of optimisation step ``step`` (0-based), a pure function of the step (resume-exact)."""
+    base, warmup, total = train_cfg["lr"], train_cfg["lr_warmup_steps"], train_cfg["steps"]
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if train_cfg["lr_schedule"] == "constant":
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -75,6 +93,8 @@ class Trainer:
         self.meta = dict(meta or {})
         self.validate = validate
         t = config["train"]
+        if t["lr_schedule"] not in LR_SCHEDULES:
+            raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t['lr_schedule']!r}")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"], eps=t["adam_eps"],
                                           weight_decay=t["weight_decay"])
         self.generator = torch.Generator().manual_seed(config["seed"] * 7919 + self.rank)
@@ -97,6 +117,10 @@ class Trainer:
         if ckpt["arch"] != self.meta.get("arch"):
             raise ResumeError(f"{path} holds a {ckpt['arch']} model, but this run trains {self.meta.get('arch')}")
         diffs = resume_differences(ckpt["config"], self.cfg)
+        saved_steps = ckpt["config"]["train"]["steps"]
+        if self.cfg["train"]["lr_schedule"] != "constant" and saved_steps != self.cfg["train"]["steps"]:
+            diffs.append(f"train.steps: checkpoint has {saved_steps!r}, config has {self.cfg['train']['steps']!r} "
+                         f"(the {self.cfg['train']['lr_schedule']} learning-rate schedule spans train.steps)")
         if diffs:
             raise ResumeError(f"{path} was written with another config; refusing to resume:\n  " + "\n  ".join(diffs))
         try:
@@ -139,6 +163,10 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {self.step}; last checkpoint kept at "
                                          f"{self.checkpoint_path}")
+            lr = scheduled_lr(self.step, t)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            terms["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if t["grad_clip"]:
