@@ -22,6 +22,8 @@ from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_pipeline_config, merge, resume_differences
 from training.data.synthetic_pairs import SyntheticPairs
 from training.make_bag import write_known_motion_bag
+from training.losses import masked_l1
+from training.selection import reliable_masks
 from training.stages import augment_labels, augment_pair, frozen_flows, make_recipe
 from training.train import new_network
 from training.trainer import Trainer
@@ -126,7 +128,7 @@ def test_a_stage_trains_one_network_and_leaves_the_other_untouched(stage, tmp_pa
     assert any(not torch.equal(start[k], v) for k, v in trained.state_dict().items()), "the trained network did not"
 
 
-def test_stage3_distills_on_the_original_pass_too_when_asked():
+def test_stage3_options_distil_on_the_original_pass_and_mask_by_the_students_reliable_matches():
     cfg = stage_config("stage3")
     student = frozen_network("stage3").eval()
     torch.manual_seed(1)
@@ -150,6 +152,18 @@ def test_stage3_distills_on_the_original_pass_too_when_asked():
     assert both["unsupervised"] == pytest.approx(augmented["unsupervised"], rel=1e-5)
     with pytest.raises(ValueError, match="distill_passes must be one of"):
         terms_with("original")
+
+    reliable = recipe(teacher.train(), batch, Augmentor(AugmentConfig(), torch.Generator().manual_seed(0)),
+                      dict(cfg["loss"], distill_passes="both", stage3_mask="reliable"), 0)[1]
+    loss = cfg["loss"]
+    m_fw, m_bw = reliable_masks(batch["img1"], batch["img2"], student_fw, student_bw, loss["reliable_tau"],
+                                loss["census_radius"], loss["occ_scale"], loss["occ_bias"])
+    assert 0.05 < reliable["selected"] < 0.95, "the student's census check keeps some labels, not all"
+    assert reliable["selected"] == pytest.approx(float(m_fw.mean() + m_bw.mean()) / 2, rel=1e-5)
+    clean = (masked_l1(teacher_fw, student_fw, m_fw) + masked_l1(teacher_bw, student_bw, m_bw)) / 2
+    assert reliable["distillation_clean"] == pytest.approx(float(clean), rel=1e-4)
+    with pytest.raises(ValueError, match="stage3_mask must be one of"):
+        recipe(teacher.train(), batch, Augmentor(AugmentConfig(), torch.Generator()), dict(loss, stage3_mask="census"), 0)
 
 
 def test_pipeline_config_per_stage_and_resume_of_older_checkpoints(tmp_path):

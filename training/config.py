@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "max_flow": 400.0,
         "unsup_weight": 1.0,
         "distill_passes": "augmented",
+        "stage3_mask": "occlusion",
     },
     "student": {
         "train_iters": TRAIN_ITERS,

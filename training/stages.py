@@ -23,7 +23,7 @@ from mdflow_ros.models.model_file import arch_name
 from training.augment import AugmentParams, Augmentor
 from training.losses import epe_loss, masked_l1, photometric_loss, sequence_loss, smoothness_loss
 from training.pretrain import pretrain_loss, student_pretrain_loss
-from training.selection import distillation_masks
+from training.selection import distillation_masks, reliable_masks
 
 
 def pyramid_to_pixels(flow: torch.Tensor, level_index: int, height: int, width: int) -> torch.Tensor:
@@ -186,13 +186,17 @@ DISTILL_PASSES = ("augmented", "both")
 """Stage 3's passes of the teacher trained towards the student: the augmented one (MDFlow's
 figure), or the augmented and the original one."""
 
+STAGE3_MASKS = ("occlusion", "reliable")
+"""Stage 3's label masks: the teacher's own occlusion O (MDFlow's figure), or O times the
+student's reliable matches M (census check of the student's flow, as stage 2 selects)."""
 
-def distill_passes(loss_cfg: dict[str, Any]) -> str:
-    """``loss.distill_passes``, checked against DISTILL_PASSES."""
-    kind = loss_cfg["distill_passes"]
-    if kind not in DISTILL_PASSES:
-        raise ValueError(f"loss.distill_passes must be one of {DISTILL_PASSES}, got {kind!r}")
-    return kind
+
+def stage3_option(loss_cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    """``loss_cfg[key]``, checked against ``allowed``."""
+    value = loss_cfg[key]
+    if value not in allowed:
+        raise ValueError(f"loss.{key} must be one of {allowed}, got {value!r}")
+    return value
 
 
 class BackwardDistillation:
@@ -202,9 +206,11 @@ class BackwardDistillation:
     smoothness loss and its occlusion masks O_f, O_b (the "extra unsupervised term", weight
     lambda = ``unsup_weight``); T on the augmented pair both ways is trained towards the
     augmented student flows A(F^_f), A(F^_b) with masked L1 on the finest level, masked by the
-    augmented A(O_f), A(O_b) of T's own pass. With ``distill_passes`` "both" (not in MDFlow's
-    figure) the pass on (I1, I2) is also trained towards F^_f, F^_b masked by O_f, O_b, and the
-    distillation term is the mean of the two passes' terms.
+    augmented A(O_f), A(O_b) of T's own pass. Two options are not in MDFlow's figure: with
+    ``distill_passes`` "both" the pass on (I1, I2) is also trained towards F^_f, F^_b masked by
+    O_f, O_b, and the distillation term is the mean of the two passes' terms; with
+    ``stage3_mask`` "reliable" every label mask is also multiplied by the student's reliable
+    matches (training/selection.py on F^_f, F^_b).
     """
 
     def __init__(self, student: nn.Module):
@@ -213,7 +219,8 @@ class BackwardDistillation:
     def __call__(self, teacher: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                  loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: img1, img2 (B, 3, H, W) RGB in [0, 1]. Returns the loss and its terms."""
-        passes = distill_passes(loss_cfg)
+        passes = stage3_option(loss_cfg, "distill_passes", DISTILL_PASSES)
+        label_mask = stage3_option(loss_cfg, "stage3_mask", STAGE3_MASKS)
         img1, img2 = batch["img1"], batch["img2"]
         b, _, height, width = img1.shape
         with torch.no_grad():
@@ -222,6 +229,12 @@ class BackwardDistillation:
         levels = teacher(torch.cat((img1, img2, aug1, aug2), 0), torch.cat((img2, img1, aug2, aug1), 0))
         unsup, terms, _, _, vis_fw, vis_bw = unsupervised_loss([lvl[:2 * b] for lvl in levels], img1, img2, loss_cfg)
         with torch.no_grad():
+            if label_mask == "reliable":
+                reliable_fw, reliable_bw = reliable_masks(img1, img2, student_fw, student_bw, loss_cfg["reliable_tau"],
+                                                          loss_cfg["census_radius"], loss_cfg["occ_scale"],
+                                                          loss_cfg["occ_bias"])
+                vis_fw, vis_bw = vis_fw * reliable_fw, vis_bw * reliable_bw
+                terms["selected"] = ((vis_fw.mean() + vis_bw.mean()) / 2).item()
             label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, student_fw, student_bw, vis_fw, vis_bw)
         pred = teacher_flow_to_pixels(levels[0], height, width)
         distill = (masked_l1(pred[2 * b:3 * b], label_fw, m_fw) + masked_l1(pred[3 * b:], label_bw, m_bw)) / 2
