@@ -170,6 +170,7 @@ def test_pipeline_config_per_stage_and_resume_of_older_checkpoints(tmp_path):
     rounds, cfgs = load_pipeline_config(REPO / "config" / "train" / "mdflow.yaml")
     assert rounds == 1 and [c["stage"] for c in cfgs.values()] == ["stage1", "stage2", "stage3"]
     assert cfgs["stage2"]["train"]["grad_clip"] == 1.0 and cfgs["stage1"]["train"]["grad_clip"] == 0.0
+    assert cfgs["stage3"]["train"]["lr_schedule"] == "cosine" and cfgs["stage1"]["train"]["lr_schedule"] == "constant"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"stages": {"stage2": {"loss": {"tua": 0.2}}}}))
     with pytest.raises(ConfigError, match="stages.stage2.loss.tua"):
