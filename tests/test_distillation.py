@@ -175,6 +175,9 @@ def test_pipeline_config_per_stage_and_resume_of_older_checkpoints(tmp_path):
     bad.write_text(yaml.safe_dump({"stages": {"stage2": {"loss": {"tua": 0.2}}}}))
     with pytest.raises(ConfigError, match="stages.stage2.loss.tua"):
         load_pipeline_config(bad)
+    bad.write_text(yaml.safe_dump({"stages": {"stage3": {"loss": {"stage3_mask": "relaible"}}}}))
+    with pytest.raises(ConfigError, match=r"stages.stage3.loss.stage3_mask must be one of \('occlusion', 'reliable'\)"):
+        load_pipeline_config(bad)
     older = copy.deepcopy(DEFAULTS)
     del older["student"], older["loss"]["census_radius"], older["loss"]["unsup_weight"]
     assert resume_differences(older, DEFAULTS) == [], "keys a checkpoint predates count as their defaults"

@@ -107,6 +107,43 @@ class ConfigError(ValueError):
     """A config file has an unknown key or a value of the wrong kind."""
 
 
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+"""``train.lr_schedule``: the learning rate held at ``train.lr``, or decayed to zero over ``train.steps``
+on a half cosine; either after ``train.lr_warmup_steps`` of linear warm-up."""
+
+DISTILL_MASKS: tuple[str, ...] = ("reliable", "occlusion", "none")
+"""``loss.distill_mask``, stage 2's label mask: MDFlow's reliable matches, O alone, or every pixel."""
+
+DISTILL_PASSES: tuple[str, ...] = ("augmented", "both")
+"""``loss.distill_passes``, stage 3's passes of the teacher trained towards the student: the
+augmented one (MDFlow's figure), or the augmented and the original one."""
+
+STAGE3_MASKS: tuple[str, ...] = ("occlusion", "reliable")
+"""``loss.stage3_mask``, stage 3's label mask: the teacher's own occlusion O (MDFlow's figure), or
+O times the student's reliable matches M (census check of the student's flow)."""
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("train", "lr_schedule"): LR_SCHEDULES, ("loss", "distill_mask"): DISTILL_MASKS,
+    ("loss", "distill_passes"): DISTILL_PASSES, ("loss", "stage3_mask"): STAGE3_MASKS,
+}
+"""Config entries that take one of a few words, checked when a config is loaded (a typo in a
+stage-3 option fails before stage 1 trains, not hours later)."""
+
+
+def check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else ConfigError naming the entry ``name``."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_choices(config: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``config`` after checking every entry of CHOICES in it."""
+    for (section, key), allowed in CHOICES.items():
+        check_choice(config[section][key], f"{where}{section}.{key}", allowed)
+    return config
+
+
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Deep-merge ``override`` into a copy of ``base``; keys absent from base are errors."""
     out = copy.deepcopy(base)
@@ -126,7 +163,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     """DEFAULTS overridden by the YAML file at ``path`` (None: the defaults)."""
     if path is None:
         return copy.deepcopy(DEFAULTS)
-    return merge(DEFAULTS, read_mapping(path, "config"))
+    return check_choices(merge(DEFAULTS, read_mapping(path, "config")))
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -199,5 +236,5 @@ def load_pipeline_config(path: str | Path) -> tuple[int, dict[str, dict[str, Any
         if not isinstance(override, dict) or "stage" in override:
             raise ConfigError(f"stages.{stage} must be a mapping of config overrides without 'stage', got {override!r}")
         cfg = merge(common, PIPELINE_DEFAULTS["stages"][stage], f"stages.{stage}.")
-        configs[stage] = merge(cfg, dict(override, stage=stage), f"stages.{stage}.")
+        configs[stage] = check_choices(merge(cfg, dict(override, stage=stage), f"stages.{stage}."), f"stages.{stage}.")
     return rounds, configs

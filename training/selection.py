@@ -16,9 +16,7 @@ from typing import Any
 import torch
 
 from mdflow_ros.flow import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, reliable_mask, visible_mask
-
-MASK_KINDS: tuple[str, ...] = ("reliable", "occlusion", "none")
-
+from training.config import DISTILL_MASKS
 
 def reliable_masks(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,
                    tau: float, radius: int = CENSUS_RADIUS, occ_scale: float = OCC_SCALE,
@@ -42,4 +40,4 @@ def distillation_masks(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Te
     if kind == "none":
         ones = torch.ones_like(flow_fw[:, :1])
         return ones, ones.clone()
-    raise ValueError(f"loss.distill_mask must be one of {MASK_KINDS}, got {kind!r}")
+    raise ValueError(f"loss.distill_mask must be one of {DISTILL_MASKS}, got {kind!r}")

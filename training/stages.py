@@ -21,6 +21,7 @@ from mdflow_ros.flow import DIV_FLOW, teacher_flow_to_pixels, visible_mask
 from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import arch_name
 from training.augment import AugmentParams, Augmentor
+from training.config import DISTILL_PASSES, STAGE3_MASKS, check_choice
 from training.losses import epe_loss, masked_l1, photometric_loss, sequence_loss, smoothness_loss
 from training.pretrain import pretrain_loss, student_pretrain_loss
 from training.selection import distillation_masks, reliable_masks
@@ -182,23 +183,6 @@ class ForwardDistillation:
         return loss, terms
 
 
-DISTILL_PASSES = ("augmented", "both")
-"""Stage 3's passes of the teacher trained towards the student: the augmented one (MDFlow's
-figure), or the augmented and the original one."""
-
-STAGE3_MASKS = ("occlusion", "reliable")
-"""Stage 3's label masks: the teacher's own occlusion O (MDFlow's figure), or O times the
-student's reliable matches M (census check of the student's flow, as stage 2 selects)."""
-
-
-def stage3_option(loss_cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-    """``loss_cfg[key]``, checked against ``allowed``."""
-    value = loss_cfg[key]
-    if value not in allowed:
-        raise ValueError(f"loss.{key} must be one of {allowed}, got {value!r}")
-    return value
-
-
 class BackwardDistillation:
     """Stage 3 (S -> T): the frozen student's flows are labels for the teacher, plus its own L_ph + L_sm.
 
@@ -219,8 +203,8 @@ class BackwardDistillation:
     def __call__(self, teacher: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                  loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: img1, img2 (B, 3, H, W) RGB in [0, 1]. Returns the loss and its terms."""
-        passes = stage3_option(loss_cfg, "distill_passes", DISTILL_PASSES)
-        label_mask = stage3_option(loss_cfg, "stage3_mask", STAGE3_MASKS)
+        passes = check_choice(loss_cfg["distill_passes"], "loss.distill_passes", DISTILL_PASSES)
+        label_mask = check_choice(loss_cfg["stage3_mask"], "loss.stage3_mask", STAGE3_MASKS)
         img1, img2 = batch["img1"], batch["img2"]
         b, _, height, width = img1.shape
         with torch.no_grad():

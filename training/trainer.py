@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mdflow_ros.models.model_file import ModelFileError
 from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from training.config import ConfigError, resume_differences
+from training.config import check_choices, resume_differences
 from training.sampler import ResumableSampler
 
 LOG = logging.getLogger("mdflow_ros.training")
@@ -47,13 +47,11 @@ def distributed_context() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-LR_SCHEDULES = ("constant", "cosine")
-"""``train.lr_schedule``: the learning rate held at ``train.lr``, or decayed to zero over ``train.steps``
-on a half cosine; either after ``train.lr_warmup_steps`` of linear warm-up."""
-
-
 def scheduled_lr(step: int, train_cfg: dict[str, Any]) -> float:
-    """The learning rate of optimisation step ``step`` (0-based), a pure function of the step (resume-exact)."""
+    """The learning rate of optimisation step ``step`` (0-based), a pure function of the step (resume-exact).
+
+    ``train.lr_schedule`` (training/config.py LR_SCHEDULES) is "constant" or "cosine".
+    """
     base, warmup, total = train_cfg["lr"], train_cfg["lr_warmup_steps"], train_cfg["steps"]
     if step < warmup:
         return base * (step + 1) / warmup
@@ -93,8 +91,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.validate = validate
         t = config["train"]
-        if t["lr_schedule"] not in LR_SCHEDULES:
-            raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t['lr_schedule']!r}")
+        check_choices(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"], eps=t["adam_eps"],
                                           weight_decay=t["weight_decay"])
         self.generator = torch.Generator().manual_seed(config["seed"] * 7919 + self.rank)
