@@ -1,8 +1,9 @@
 """The flow methods the benchmarks compare: our models through each backend, and the classical peers.
 
 A method is a name and a function ``flow(img1, img2) -> (H, W, 2)`` float32 pixels, frame 1 -> 2,
-on RGB uint8 frames of any size. Names: ``zero``; OpenCV's ``dis-ultrafast``, ``dis-fast``,
-``dis-medium``, ``farneback``, and from opencv-contrib ``deepflow`` and ``rlof``; ours as
+on RGB uint8 frames of any size (each side at least 32 px). Names: ``zero``; OpenCV's ``dis-ultrafast``,
+``dis-fast``, ``dis-medium``, ``farneback``, and from opencv-contrib ``deepflow`` and ``rlof``
+(training/partners.py, the same estimators the classical round trains from); ours as
 ``MODEL/BACKEND`` with MODEL ``teacher`` or ``student`` and BACKEND ``pytorch``,
 ``onnxruntime`` or ``onnxruntime-int8`` (an int8 ONNX file of the teacher), forward flow only.
 """
@@ -14,17 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from training.partners import CLASSICAL_METHODS, ClassicalFlow
+
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-PEERS = ("dis-ultrafast", "dis-fast", "dis-medium", "farneback", "deepflow", "rlof")
-DIS_PRESETS = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-               "dis-medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
-"""OpenCV's sample parameters, with 5 pyramid levels for motions of tens of pixels."""
-
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+PEERS = CLASSICAL_METHODS
+"""The classical peers, defined once in training/partners.py (the classical round's partners)."""
 
 
 def peer(name: str, threads: int) -> FlowFn:
@@ -32,17 +28,8 @@ def peer(name: str, threads: int) -> FlowFn:
     cv2.setNumThreads(threads)
     if name == "zero":
         return lambda a, b: np.zeros(a.shape[:2] + (2,), np.float32)
-    if name in DIS_PRESETS:
-        dis = cv2.DISOpticalFlow_create(DIS_PRESETS[name])
-        return lambda a, b: dis.calc(_gray(a), _gray(b), None)
-    if name == "farneback":
-        return lambda a, b: cv2.calcOpticalFlowFarneback(_gray(a), _gray(b), None, **FARNEBACK)
-    if name == "deepflow":
-        deep = cv2.optflow.createOptFlow_DeepFlow()
-        return lambda a, b: deep.calc(_gray(a), _gray(b), None)
-    if name == "rlof":
-        return lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(cv2.cvtColor(a, cv2.COLOR_RGB2BGR),
-                                                                  cv2.cvtColor(b, cv2.COLOR_RGB2BGR), None)
+    if name in CLASSICAL_METHODS:
+        return ClassicalFlow(name, threads=threads)
     raise ValueError(f"unknown method {name!r} (peers: zero, {', '.join(PEERS)})")
 
 

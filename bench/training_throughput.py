@@ -41,12 +41,12 @@ def worker(config_path: str, out: str) -> None:
     from mdflow_ros.models import FastFlowNet
     from training.config import load_config
     from training.data.training_set import build_training_set
-    from training.stages import RECIPES
+    from training.stages import STAGES
     from training.trainer import Trainer, seed_everything
 
     cfg = load_config(config_path)
     seed_everything(0)
-    trainer = Trainer(cfg, out, FastFlowNet(), RECIPES["stage1"], build_training_set(cfg, []), {"arch": "fastflownet"})
+    trainer = Trainer(cfg, out, FastFlowNet(), STAGES["stage1"].recipe, build_training_set(cfg, []), {"arch": "fastflownet"})
     trainer.run(1)
     start = time.perf_counter()
     steps = trainer.run() - 1

@@ -360,18 +360,20 @@ def fixed_demo_pair(size: tuple[int, int] = (384, 512)) -> KnownMotionPair:
                               max_shift=10.0, max_rot=1.5, max_zoom=0.03, max_perspective=0.01)
 
 
-def held_out_pairs(n: int, size: tuple[int, int] = (384, 512), seed: int = 0) -> list[KnownMotionPair]:
+def held_out_pairs(n: int, size: tuple[int, int] = (384, 512), seed: int = 0,
+                   photos: list[np.ndarray] | None = None) -> list[KnownMotionPair]:
     """A deterministic evaluation set of ``n`` pairs: even ones camera motion, odd ones layered.
 
     Pair i depends only on (seed, i), so a longer set starts with the shorter one. The
-    camera pairs cycle through the photo library in order. The photos are those training
-    draws from too: the set is held out by its seeds and motions, not by its photos.
+    camera pairs cycle through the photos in order: ``photos`` ((h, w, 3) uint8 RGB, at
+    least two), by default the photo library, which training draws from too (that set is held
+    out by its seeds and motions, not by its photos).
     """
     if not _is_int(n) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    photos = photo_library()
+    photos = photo_library() if photos is None else list(photos)
     pairs = []
     for i in range(int(n)):
         rng = np.random.default_rng((seed, i))

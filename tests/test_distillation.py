@@ -24,7 +24,8 @@ from training.data.synthetic_pairs import SyntheticPairs
 from training.make_bag import write_known_motion_bag
 from training.losses import masked_l1
 from training.selection import reliable_masks
-from training.stages import augment_labels, augment_pair, frozen_flows, make_recipe
+from training.partners import NetworkPartner
+from training.stages import augment_labels, augment_pair, make_recipe
 from training.train import new_network
 from training.trainer import Trainer
 from training_cli import run_script
@@ -110,7 +111,7 @@ def test_a_stage_trains_one_network_and_leaves_the_other_untouched(stage, tmp_pa
     cfg = stage_config(stage)
     frozen = frozen_network(stage).requires_grad_(True)
     trained = new_network(cfg)
-    recipe = make_recipe(stage, frozen)
+    recipe = make_recipe(stage, NetworkPartner(frozen))
     data = SyntheticPairs(4, (64, 64))
     batch = {k: torch.stack([data[(i, i)][k] for i in range(2)]) for k in ("img1", "img2")}
     aug = Augmentor(AugmentConfig(), torch.Generator().manual_seed(0))
@@ -135,7 +136,7 @@ def test_stage3_options_distil_on_the_original_pass_and_mask_by_the_students_rel
     teacher = FastFlowNet().train()
     data = SyntheticPairs(4, (64, 64))
     batch = {k: torch.stack([data[(i, i)][k] for i in range(2)]) for k in ("img1", "img2")}
-    recipe = make_recipe("stage3", student)
+    recipe = make_recipe("stage3", NetworkPartner(student))
 
     def terms_with(passes: str) -> dict[str, float]:
         loss_cfg = dict(cfg["loss"], distill_passes=passes)
@@ -143,8 +144,8 @@ def test_stage3_options_distil_on_the_original_pass_and_mask_by_the_students_rel
 
     augmented, both = terms_with("augmented"), terms_with("both")
     assert "distillation_clean" not in augmented
-    student_fw, student_bw = frozen_flows(student, batch["img1"], batch["img2"])
-    teacher_fw, teacher_bw = frozen_flows(teacher, batch["img1"], batch["img2"])
+    student_fw, student_bw = NetworkPartner(student).flows(batch)
+    teacher_fw, teacher_bw = NetworkPartner(teacher).flows(batch)
     assert both["visible"] == 1.0, "the loose forward-backward check keeps every pixel"
     clean = float(((teacher_fw - student_fw).abs().mean() + (teacher_bw - student_bw).abs().mean()) / 2)
     assert both["distillation_clean"] == pytest.approx(clean, rel=1e-4)

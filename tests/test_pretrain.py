@@ -8,7 +8,7 @@ from mdflow_ros.models.model_file import load_model_file, save_model_file
 from training.augment import AugmentConfig, Augmentor
 from training.config import DEFAULTS, merge
 from training.data.synthetic_pairs import SyntheticPairs
-from training.stages import RECIPES, TRAINED_ARCH
+from training.stages import STAGES
 from training.train import MODEL_FILES, StageError, train_stage
 
 TINY = {
@@ -30,8 +30,8 @@ def tiny_config(stage: str) -> dict:
 @pytest.mark.parametrize("stage", ["pretrain", "student_pretrain"])
 def test_pretraining_fits_the_ground_truth_of_a_fixed_batch(stage):
     torch.manual_seed(0)
-    net = RAFT(train_iters=2) if TRAINED_ARCH[stage] == "raft" else FastFlowNet()
-    data = SyntheticPairs(2, (64, 128), with_flow=True)
+    net = RAFT(train_iters=2) if STAGES[stage].trains == "raft" else FastFlowNet()
+    data = SyntheticPairs(2, (64, 128), labels="flow")
     batch = {k: torch.stack([data[(i, 5)][k] for i in range(2)]) for k in ("img1", "img2", "flow", "valid")}
     assert batch["flow"].abs().max() > 1.0, "the synthetic pairs move"
     aug = Augmentor(NO_APPEARANCE, torch.Generator().manual_seed(0))
@@ -39,7 +39,7 @@ def test_pretraining_fits_the_ground_truth_of_a_fixed_batch(stage):
     cfg = tiny_config(stage)["loss"]
     epes = []
     for step in range(25):
-        loss, terms = RECIPES[stage](net.train(), batch, aug, cfg, step)
+        loss, terms = STAGES[stage].recipe(net.train(), batch, aug, cfg, step)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

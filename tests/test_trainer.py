@@ -151,3 +151,22 @@ def test_two_gloo_processes_hold_identical_weights(bag, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     start = torch.load(out / "latest.pt", weights_only=True)
     assert start["step"] == 2
+
+
+def test_the_weight_average_follows_every_step_and_is_what_deploys(tmp_path):
+    from training.data.training_set import build_training_set
+    from training.stages import STAGES
+    from training.trainer import Trainer
+
+    cfg = merge(DEFAULTS, dict(TINY, train=dict(TINY["train"], steps=3, ema_decay=0.5)))
+    torch.manual_seed(0)
+    model = FastFlowNet()
+    trainer = Trainer(cfg, tmp_path, model, STAGES["stage1"].recipe, build_training_set(cfg, []), {"arch": "fastflownet"})
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(3):
+        trainer.run(max_steps=1)
+        expected = {k: 0.5 * expected[k] + 0.5 * v for k, v in model.state_dict().items()}
+    average = trainer.deployed_state()
+    assert all(torch.allclose(average[k], expected[k], atol=1e-7) for k in expected)
+    assert any(not torch.equal(average[k], v) for k, v in model.state_dict().items()), "the average lags the weights"
+    assert all(torch.equal(load_checkpoint(tmp_path / "latest.pt")["ema"][k], average[k]) for k in average)

@@ -41,13 +41,18 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: dict[str, Any], generator: torch.Generator, meta: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a killed run never leaves a half-written file)."""
+                    config: dict[str, Any], generator: torch.Generator, meta: dict[str, Any],
+                    ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint atomically (a killed run never leaves a half-written file).
+
+    ema: the run's moving average of the weights, stored beside them when the run keeps one.
+    """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_torch_save({
-        "format": FORMAT, "arch": arch_name(model), "state_dict": state, "meta": meta,
-        "optimizer": optimizer.state_dict(), "step": step, "config": config, "rng": rng_state(generator),
-    }, path)
+    data = {"format": FORMAT, "arch": arch_name(model), "state_dict": state, "meta": meta,
+            "optimizer": optimizer.state_dict(), "step": step, "config": config, "rng": rng_state(generator)}
+    if ema is not None:
+        data["ema"] = {k: v.detach().cpu().clone() for k, v in ema.items()}
+    atomic_torch_save(data, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -13,10 +13,12 @@ import yaml
 
 from mdflow_ros.flow import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, RELIABLE_TAU
 from mdflow_ros.models.raft import TRAIN_ITERS
+from training.partners import LABEL_MASKS, ClassicalFlow, PartnerError
 
 DEFAULTS: dict[str, Any] = {
     "stage": "stage1",
     "seed": 0,
+    "network": None,
     "data": {
         "crop": [256, 320],
         "stride": 1,
@@ -28,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "synthetic_pairs": 2000,
         "real_repeat": 1,
         "num_workers": 1,
+        "synthetic_photos": [],
     },
     "train": {
         "steps": 20000,
@@ -38,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 1.0e-6,
         "adam_eps": 1.0e-7,
         "grad_clip": 0.0,
+        "ema_decay": 0.0,
         "amp": True,
         "threads": 0,
         "log_every": 10,
@@ -71,6 +75,14 @@ DEFAULTS: dict[str, Any] = {
     "student": {
         "train_iters": TRAIN_ITERS,
     },
+    "partner": {
+        "method": "dis-medium",
+        "params": {},
+        "threads": 1,
+        "cache_dir": None,
+        "mask": "reliable",
+        "synthetic_labels": "ground_truth",
+    },
     "augment": {
         "zoom": [1.0, 1.5], "squeeze": [0.86, 1.16], "rotate": [-0.2, 0.2], "translate": 0.2,
         "rel_zoom": [0.985, 1.015], "rel_rotate": 0.015, "rel_translate": 0.015,
@@ -79,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
         "cutout_prob": 0.0, "cutout_boxes": [1, 3], "cutout_size": [0.05, 0.2],
     },
     "validation": {
+        "split_pairs": 0,
+        "split_photos": [],
         "synthetic_pairs": 16,
         "synthetic_size": [384, 512],
         "synthetic_seed": 1234,
@@ -92,15 +106,20 @@ RESUMABLE_CHANGES = {
 }
 """Config entries a resumed run may change; any other difference refuses the resume."""
 
-STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3")
-"""MDFlow's stages: 1 unsupervised teacher, 2 distillation teacher -> student, 3 student -> teacher."""
+PIPELINE_STAGES: tuple[str, ...] = ("classical", "stage1", "stage2", "stage3")
+"""Stages of a pipeline: round 0 (a classical partner -> teacher) or stage 1 (unsupervised teacher),
+then rounds of 2 (teacher -> student) and 3 (student -> teacher)."""
+
+FIRST_STAGES: tuple[str, ...] = ("stage1", "classical")
+"""``first``: the stage a pipeline starts its teacher with."""
 
 PIPELINE_DEFAULTS: dict[str, Any] = {
     "rounds": 1,
-    "stages": {"stage1": {}, "stage2": {"train": {"grad_clip": 1.0}}, "stage3": {}},
+    "first": "stage1",
+    "stages": {"classical": {}, "stage1": {}, "stage2": {"train": {"grad_clip": 1.0}}, "stage3": {}},
 }
-"""A pipeline file (training/mdflow.py): ``rounds`` of stages 2 -> 3 after stage 1, and per-stage
-overrides of the common config. Stage 2 clips RAFT's gradients at 1.0 unless told otherwise."""
+"""A pipeline file (training/mdflow.py): its ``first`` stage, ``rounds`` of stages 2 -> 3 after it, and
+per-stage overrides of the common config. Stage 2 clips RAFT's gradients at 1.0 unless told otherwise."""
 
 
 class ConfigError(ValueError):
@@ -122,9 +141,14 @@ STAGE3_MASKS: tuple[str, ...] = ("occlusion", "reliable")
 """``loss.stage3_mask``, stage 3's label mask: the teacher's own occlusion O (MDFlow's figure), or
 O times the student's reliable matches M (census check of the student's flow)."""
 
+SYNTHETIC_LABELS: tuple[str, ...] = ("ground_truth", "partner")
+"""``partner.synthetic_labels``: in the classical round, synthetic pairs are labelled by their exact
+flow, or by the classical partner like recordings."""
+
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "lr_schedule"): LR_SCHEDULES, ("loss", "distill_mask"): DISTILL_MASKS,
     ("loss", "distill_passes"): DISTILL_PASSES, ("loss", "stage3_mask"): STAGE3_MASKS,
+    ("partner", "mask"): LABEL_MASKS, ("partner", "synthetic_labels"): SYNTHETIC_LABELS,
 }
 """Config entries that take one of a few words, checked when a config is loaded (a typo in a
 stage-3 option fails before stage 1 trains, not hours later)."""
@@ -138,19 +162,33 @@ def check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
 
 
 def check_choices(config: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``config`` after checking every entry of CHOICES in it."""
+    """``config`` after checking every entry of CHOICES in it, and that its classical partner runs."""
     for (section, key), allowed in CHOICES.items():
         check_choice(config[section][key], f"{where}{section}.{key}", allowed)
+    partner = config["partner"]
+    if not isinstance(partner["params"], dict):
+        raise ConfigError(f"{where}partner.params must be a mapping of the method's parameters, got {partner['params']!r}")
+    try:
+        ClassicalFlow(partner["method"], partner["params"]).check()
+    except PartnerError as err:
+        raise ConfigError(f"{where}partner: {err}") from None
     return config
 
 
+FREE_FORM: frozenset[str] = frozenset({"partner.params"})
+"""Mappings whose keys are not ours to know (a classical method's OpenCV parameters): replaced
+whole by an override and checked where they are used (training/partners.py)."""
+
+
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base``; keys absent from base are errors."""
+    """Deep-merge ``override`` into a copy of ``base``; keys absent from base are errors (except in FREE_FORM)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key not in base:
             raise ConfigError(f"unknown config key '{where}{key}' (known: {sorted(base)})")
-        if isinstance(base[key], dict):
+        if f"{where}{key}" in FREE_FORM:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{where}{key}' must be a mapping, got {value!r}")
             out[key] = merge(base[key], value, f"{where}{key}.")
@@ -213,25 +251,31 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def load_pipeline_config(path: str | Path) -> tuple[int, dict[str, dict[str, Any]]]:
-    """(rounds, {stage: config}) of a pipeline file (training/mdflow.py).
+    """(rounds, {stage: config}) of a pipeline file (training/mdflow.py), stages in the order they run.
 
-    The file holds a common config (any key of DEFAULTS except ``stage``), ``rounds`` and
-    ``stages: {stage1: {...}, stage2: {...}, stage3: {...}}``, overrides of the common config
-    per stage. A stage's config is DEFAULTS, then the common part, then PIPELINE_DEFAULTS'
-    override of that stage, then the file's override of that stage.
+    The file holds a common config (any key of DEFAULTS except ``stage``), ``first`` (stage1 or
+    classical: how the teacher starts), ``rounds`` and ``stages: {classical: {...}, stage1: {...},
+    stage2: {...}, stage3: {...}}``, overrides of the common config per stage. A stage's config
+    is DEFAULTS, then the common part, then PIPELINE_DEFAULTS' override of that stage, then the
+    file's override of that stage. The result holds the first stage, stage2 and stage3.
     """
     data = read_mapping(path, "pipeline config")
     rounds = data.pop("rounds", PIPELINE_DEFAULTS["rounds"])
+    first = data.pop("first", PIPELINE_DEFAULTS["first"])
     overrides = data.pop("stages", None) or {}
     if "stage" in data:
-        raise ConfigError(f"pipeline config {path} must not set 'stage': the pipeline runs {', '.join(STAGES)}")
+        raise ConfigError(f"pipeline config {path} must not set 'stage': the pipeline runs {', '.join(PIPELINE_STAGES)}")
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if not isinstance(overrides, dict) or set(overrides) - set(STAGES):
-        raise ConfigError(f"stages must map some of {', '.join(STAGES)} to config overrides, got {overrides!r}")
+    check_choice(first, "first", FIRST_STAGES)
+    if not isinstance(overrides, dict) or set(overrides) - set(PIPELINE_STAGES):
+        raise ConfigError(f"stages must map some of {', '.join(PIPELINE_STAGES)} to config overrides, got {overrides!r}")
+    unused = set(overrides) - {first, "stage2", "stage3"}
+    if unused:
+        raise ConfigError(f"stages.{sorted(unused)[0]} is set, but this pipeline starts with {first} and never runs it")
     common = merge(DEFAULTS, data)
     configs = {}
-    for stage in STAGES:
+    for stage in (first, "stage2", "stage3"):
         override = overrides.get(stage) or {}
         if not isinstance(override, dict) or "stage" in override:
             raise ConfigError(f"stages.{stage} must be a mapping of config overrides without 'stage', got {override!r}")

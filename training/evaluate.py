@@ -31,6 +31,10 @@ class GroundTruthSet:
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+VALIDATION_SPLIT: str = "validation"
+"""Name of the validation split: synthetic pairs rendered from photos training never draws from
+(``validation.split_photos``), the set checkpoints are chosen on (never the evaluation sets)."""
+
 
 def evaluate(flow_fn: FlowFn, dataset: GroundTruthSet) -> dict[str, float]:
     """Mean over pairs of per-pair EPE and Fl-all (%) of ``flow_fn(img1, img2) -> (H, W, 2)``."""
@@ -48,10 +52,14 @@ def zero_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.zeros(a.shape[:2] + (2,), np.float32)
 
 
-def synthetic_set(count: int, size: tuple[int, int], seed: int) -> GroundTruthSet:
-    """The deterministic held-out synthetic set (real photos under known motion)."""
-    pairs = [(p.img1, p.img2, p.flow, p.valid) for p in held_out_pairs(count, tuple(size), seed)]
-    return GroundTruthSet(f"synthetic-{count}", pairs)
+def synthetic_set(count: int, size: tuple[int, int], seed: int, photos: list[np.ndarray] | None = None,
+                  name: str = "synthetic") -> GroundTruthSet:
+    """A deterministic held-out synthetic set (real photos under known motion), named ``<name>-<count>``.
+
+    photos: the photos to render (default: scikit-image's, the held-out evaluation set).
+    """
+    pairs = [(p.img1, p.img2, p.flow, p.valid) for p in held_out_pairs(count, tuple(size), seed, photos)]
+    return GroundTruthSet(f"{name}-{count}", pairs)
 
 
 def benchmark_sets(paths: Iterable[str | Path]) -> list[GroundTruthSet]:
@@ -69,6 +77,11 @@ def make_validator(config: dict[str, Any]) -> Callable[[torch.nn.Module, int], d
     """The trainer's validation: EPE / Fl-all of the network on every configured set."""
     v = config["validation"]
     sets = []
+    if v["split_pairs"]:
+        from training.data.synthetic_pairs import photos_from_folders
+
+        sets.append(synthetic_set(v["split_pairs"], v["synthetic_size"], v["synthetic_seed"],
+                                  photos_from_folders(v["split_photos"]), VALIDATION_SPLIT))
     if v["synthetic_pairs"]:
         sets.append(synthetic_set(v["synthetic_pairs"], v["synthetic_size"], v["synthetic_seed"]))
     sets += benchmark_sets(v["paths"])

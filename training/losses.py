@@ -8,7 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mdflow_ros.flow import census_distance, warp
+from mdflow_ros.flow import DIV_FLOW, census_distance, warp
+
+
+MIN_CELL_SHARE: float = 0.5
+"""A coarse pyramid cell is supervised when at least this share of its pixels carries a label."""
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,6 +102,30 @@ def sequence_loss(preds: list[torch.Tensor], target: torch.Tensor, mask: torch.T
     mask = mask * (target.norm(dim=1, keepdim=True) < max_flow).to(mask.dtype)
     n = len(preds)
     return sum(gamma ** (n - 1 - i) * masked_l1(p, target, mask) for i, p in enumerate(preds))
+
+
+def multilevel_epe(levels: list[torch.Tensor], flow: torch.Tensor, mask: torch.Tensor,
+                   weights: list[float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted end-point error of the teacher's pyramid against a pixel flow, and each level's EPE.
+
+    levels: the teacher's outputs, finest first, each (B, 2, h_l, w_l) in pixels / DIV_FLOW
+    of the input resolution; flow: (B, 2, H, W) pixels; mask: (B, 1, H, W) in [0, 1]. Each
+    level is compared, in pixels, with the mean of the flow over the masked pixels of each
+    cell of its grid (magnitudes stay in input pixels, as the teacher stores them), on the
+    cells at least half of whose pixels are masked: sparse labels (reliable matches) still
+    supervise the coarse levels.
+    """
+    loss = flow.new_zeros(())
+    terms: dict[str, float] = {}
+    for i, (pred, weight) in enumerate(zip(levels, weights)):
+        size = pred.shape[-2:]
+        share = F.adaptive_avg_pool2d(mask, size)
+        target = F.adaptive_avg_pool2d(flow * mask, size) / share.clamp_min(1e-6)
+        level_mask = (share >= MIN_CELL_SHARE).to(pred.dtype)
+        epe = masked_mean((DIV_FLOW * pred - target).norm(dim=1, keepdim=True), level_mask)
+        terms[f"epe_level{i + 2}"] = epe.item()
+        loss = loss + weight * epe
+    return loss, terms
 
 
 def epe_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,21 @@
-"""Run MDFlow's training end to end: stage 1 -> 2 -> 3 (then 2 -> 3 again for more rounds).
+"""Run MDFlow's training end to end: stage 1 (or the classical round) -> 2 -> 3 (then 2 -> 3 again for more rounds).
 
     python training/mdflow.py --config config/train/mdflow.yaml --data PATH [PATH ...] --out RUN_DIR
                               [--resume] [--max-steps-per-stage N] [--stage1-model TEACHER.pt]
 
-Stage 1 trains the FastFlowNet teacher without labels; stage 2 distils the frozen teacher's
+Stage 1 trains the FastFlowNet teacher without labels, or, with ``first: classical`` in the
+pipeline file, the classical round distils an OpenCV estimator's reliable flows into it
+(``config/train/mdflow_classical.yaml``); stage 2 distils the frozen teacher's
 reliable flows into the RAFT student; stage 3 distils the frozen student back into the teacher,
 which continues from its latest weights. Round r >= 2 repeats stages 2 and 3, the student
 continuing from its previous round. Every stage runs in ``RUN_DIR/<round>-<stage>/``
-(``1-stage1``, ``1-stage2``, ``1-stage3``, ``2-stage2``, ...) with its own ``latest.pt`` and
+(``1-stage1`` or ``1-classical``, ``1-stage2``, ``1-stage3``, ``2-stage2``, ...) with its own ``latest.pt`` and
 model file, and is complete when its ``done.json`` (written atomically after the model file)
 names a model file with the recorded SHA-256. ``--resume`` skips complete stages and resumes
 the first incomplete one from its checkpoint, wherever the previous run was killed.
 ``--max-steps-per-stage N`` caps every stage at N steps (quick runs; a capped stage counts as
 complete afterwards); ``--stage1-model``
-takes an already trained teacher as stage 1's result. The deployed network is the teacher of
+takes an already trained teacher as the first stage's result. The deployed network is the teacher of
 the last stage 3, ``RUN_DIR/<rounds>-stage3/teacher_fastflownet.pt``.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mdflow_ros.atomic_file import atomic_write_bytes
 from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.models.model_file import ModelFileError
 from training.config import ConfigError, load_pipeline_config
+from training.stages import check_stage
 from training.train import StageError, train_stage
 from training.trainer import ResumeError
 
@@ -43,9 +46,9 @@ class PipelineError(RuntimeError):
     """The run directory is inconsistent with the pipeline asked for."""
 
 
-def stage_plan(rounds: int) -> list[tuple[int, str]]:
-    """(round, stage) in execution order: (1, stage1), then (r, stage2), (r, stage3) for every round r."""
-    return [(1, "stage1")] + [(r, s) for r in range(1, rounds + 1) for s in ("stage2", "stage3")]
+def stage_plan(rounds: int, first: str = "stage1") -> list[tuple[int, str]]:
+    """(round, stage) in execution order: (1, first), then (r, stage2), (r, stage3) for every round r."""
+    return [(1, first)] + [(r, s) for r in range(1, rounds + 1) for s in ("stage2", "stage3")]
 
 
 def stage_dir(out: Path, round_: int, stage: str) -> Path:
@@ -100,14 +103,15 @@ def run_pipeline(rounds: int, configs: dict[str, dict[str, Any]], data: Sequence
                  max_steps_per_stage: int | None = None, stage1_model: str | Path | None = None) -> dict[str, Path]:
     """Run (or resume) every stage in ``out``; returns the final {"teacher": path, "student": path}.
 
-    configs: the stage configs of training.config.load_pipeline_config. Complete stages are
-    skipped; an incomplete one resumes from its latest.pt when it has one.
+    configs: the stage configs of training.config.load_pipeline_config, the first stage first.
+    Complete stages are skipped; an incomplete one resumes from its latest.pt when it has one.
     """
     out = Path(out)
+    first = next(iter(configs))
     models: dict[str, Path] = {}
-    for round_, stage in stage_plan(rounds):
+    for round_, stage in stage_plan(rounds, first):
         directory = stage_dir(out, round_, stage)
-        if stage == "stage1" and stage1_model is not None:
+        if stage == first and stage1_model is not None:
             model = adopt_model(directory, round_, stage, Path(stage1_model))
         else:
             model = completed_model(directory)
@@ -131,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="run directory (one subdirectory per stage)")
     parser.add_argument("--resume", action="store_true", help="continue a killed or extended run in RUN_DIR")
     parser.add_argument("--max-steps-per-stage", type=int, default=None, help="cap every stage at N steps")
-    parser.add_argument("--stage1-model", default=None, help="a trained stage-1 teacher to start from")
+    parser.add_argument("--stage1-model", default=None, help="a trained teacher to take as the first stage's result")
     return parser.parse_args(argv)
 
 
@@ -139,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     out = Path(args.out)
-    started = sorted(p.name for p in out.glob("*-stage*")) if out.is_dir() else []
+    started = sorted(p.name for p in out.glob("*-*") if p.is_dir()) if out.is_dir() else []
     if started and not args.resume:
         sys.exit(f"mdflow.py: {out} already holds stages {', '.join(started)}; pass --resume to continue it, "
                  "or choose another --out (refusing to overwrite training progress)")
     try:
         rounds, configs = load_pipeline_config(args.config)
+        for stage, cfg in configs.items():
+            if check_stage(cfg) != ("raft" if stage == "stage2" else "fastflownet"):
+                raise ConfigError(f"stages.{stage}: a pipeline's {stage} trains the "
+                                  f"{'student' if stage == 'stage2' else 'teacher'}; network: {cfg['network']} does not apply")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "mdflow.yaml", Path(args.config).read_bytes())
         models = run_pipeline(rounds, configs, args.data, out, args.max_steps_per_stage, args.stage1_model)

@@ -14,39 +14,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from mdflow_ros.flow import DIV_FLOW
 from training.augment import Augmentor
-from training.losses import epe_loss, masked_mean, sequence_loss
-
-PRETRAIN_STAGES: tuple[str, ...] = ("pretrain", "student_pretrain")
-"""The stages that train on the synthetic source's ground truth (and on nothing else)."""
-
+from training.losses import epe_loss, multilevel_epe, sequence_loss
 
 def pretrain_loss(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                   loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-level end-point error of the teacher against the synthetic ground truth.
 
     batch: img1, img2 (B, 3, H, W) in [0, 1], flow (B, 2, H, W) in pixels, valid (B, 1, H, W).
-    Each of the five levels (finest first) is compared, in pixels, with the ground truth
-    area-downsampled to its resolution (magnitudes stay in input pixels, as the teacher
-    stores them), weighted by loss.pretrain_level_weights. Appearance augmentation only
-    (labels unchanged).
+    Each of the five levels (finest first) is compared with the ground truth at its resolution
+    (training.losses.multilevel_epe: the mean flow of each
+    cell's valid pixels), weighted by loss.pretrain_level_weights. Appearance
+    augmentation only (labels unchanged).
     """
     img1, img2, flow, valid = batch["img1"], batch["img2"], batch["flow"], batch["valid"]
     params = augmentor.sample(img1.shape[0], *img1.shape[-2:])
     img1, img2 = augmentor.appearance(params, img1, img2)
-    levels = teacher(img1, img2)
-    loss = img1.new_zeros(())
-    terms: dict[str, float] = {}
-    for i, (pred, weight) in enumerate(zip(levels, loss_cfg["pretrain_level_weights"])):
-        size = pred.shape[-2:]
-        target = F.adaptive_avg_pool2d(flow, size)
-        mask = (F.adaptive_avg_pool2d(valid, size) > 0.999).to(pred.dtype)
-        epe = masked_mean((DIV_FLOW * pred - target).norm(dim=1, keepdim=True), mask)
-        terms[f"epe_level{i + 2}"] = epe.item()
-        loss = loss + weight * epe
+    loss, terms = multilevel_epe(teacher(img1, img2), flow, valid, loss_cfg["pretrain_level_weights"])
     terms["loss"] = loss.item()
     return loss, terms
 

@@ -1,16 +1,18 @@
-"""Loss recipes of MDFlow's stages: what a step computes, and which network it trains.
+"""MDFlow's stages: one table (``STAGES``) of what each trains, with which partner, by which loss.
 
 A recipe gets the trained network and a batch, and returns the total loss and its terms for
 logging. Stage 1 (unsupervised initialisation of the teacher T, with augmentation
-regularisation) is ``stage1_loss``; stage 2 (T -> S, ``ForwardDistillation``) and stage 3
-(S -> T, ``BackwardDistillation``) are recipes holding the other, frozen network as
-``recipe.frozen``, which the trainer moves to its device in eval mode without gradients.
+regularisation) is ``stage1_loss``; stage 2 (T -> S, ``ForwardDistillation``), stage 3
+(S -> T, ``BackwardDistillation``) and the classical round (an OpenCV estimator -> T or S,
+``ClassicalDistillation``) are recipes built around their frozen partner
+(training/partners.py) as ``recipe.partner``, which the trainer moves to its device.
 Every pass of the trained network in a step goes through one forward call (original and
 augmented pairs, both directions, stacked in the batch), which is what
 DistributedDataParallel expects.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -18,11 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mdflow_ros.flow import DIV_FLOW, teacher_flow_to_pixels, visible_mask
-from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import arch_name
 from training.augment import AugmentParams, Augmentor
-from training.config import DISTILL_PASSES, STAGE3_MASKS, check_choice
-from training.losses import epe_loss, masked_l1, photometric_loss, sequence_loss, smoothness_loss
+from training.config import DISTILL_PASSES, STAGE3_MASKS, ConfigError, check_choice
+from training.losses import epe_loss, masked_l1, multilevel_epe, photometric_loss, sequence_loss, smoothness_loss
+from training.partners import ClassicalPartner, NetworkPartner
 from training.pretrain import pretrain_loss, student_pretrain_loss
 from training.selection import distillation_masks, reliable_masks
 
@@ -111,19 +113,6 @@ def stage1_loss(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], augmen
     return loss, terms
 
 
-def frozen_flows(net: nn.Module, img1: torch.Tensor, img2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward flows (B, 2, H, W) in pixels of a frozen network, as deployed.
-
-    img1, img2: (B, 3, H, W) RGB in [0, 1]. One batched call on [(I1, I2); (I2, I1)] through
-    the deployed graph (teacher output upsampled to pixels, RAFT at its test iterations),
-    without gradient.
-    """
-    b = img1.shape[0]
-    with torch.no_grad():
-        both = DeployedFlow(net, with_confidence=False).pixel_flow(torch.cat((img1, img2), 0), torch.cat((img2, img1), 0))
-    return both[:b], both[b:]
-
-
 def augment_pair(augmentor: Augmentor, img1: torch.Tensor, img2: torch.Tensor
                  ) -> tuple[AugmentParams, torch.Tensor, torch.Tensor]:
     """One draw of the augmentor and the augmented images (B, 3, H, W): spatial, appearance, cut-out."""
@@ -159,8 +148,8 @@ class ForwardDistillation:
     (weights gamma^(N-1-i), labels of |F| >= max_flow ignored). No photometric term.
     """
 
-    def __init__(self, teacher: nn.Module):
-        self.frozen = teacher
+    def __init__(self, partner: NetworkPartner):
+        self.partner = partner
 
     def __call__(self, student: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                  loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -168,7 +157,7 @@ class ForwardDistillation:
         img1, img2 = batch["img1"], batch["img2"]
         b = img1.shape[0]
         with torch.no_grad():
-            flow_fw, flow_bw = frozen_flows(self.frozen, img1, img2)
+            flow_fw, flow_bw = self.partner.flows(batch)
             mask_fw, mask_bw = distillation_masks(img1, img2, flow_fw, flow_bw, loss_cfg)
             params, aug1, aug2 = augment_pair(augmentor, img1, img2)
             label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, flow_fw, flow_bw, mask_fw, mask_bw)
@@ -197,8 +186,8 @@ class BackwardDistillation:
     matches (training/selection.py on F^_f, F^_b).
     """
 
-    def __init__(self, student: nn.Module):
-        self.frozen = student
+    def __init__(self, partner: NetworkPartner):
+        self.partner = partner
 
     def __call__(self, teacher: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
                  loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -208,7 +197,7 @@ class BackwardDistillation:
         img1, img2 = batch["img1"], batch["img2"]
         b, _, height, width = img1.shape
         with torch.no_grad():
-            student_fw, student_bw = frozen_flows(self.frozen, img1, img2)
+            student_fw, student_bw = self.partner.flows(batch)
             params, aug1, aug2 = augment_pair(augmentor, img1, img2)
         levels = teacher(torch.cat((img1, img2, aug1, aug2), 0), torch.cat((img2, img1, aug2, aug1), 0))
         unsup, terms, _, _, vis_fw, vis_bw = unsupervised_loss([lvl[:2 * b] for lvl in levels], img1, img2, loss_cfg)
@@ -231,31 +220,162 @@ class BackwardDistillation:
         return loss, terms
 
 
+class ClassicalDistillation:
+    """The classical round: an OpenCV estimator's reliable flows are labels for T (or S), no labels needed.
+
+    The partner (training/partners.py) ran in the loader workers on the whole raw frames:
+    the batch holds its flows flow_fw, flow_bw (B, 2, H, W) px and masks mask_fw, mask_bw
+    (B, 1, H, W), M = [census <= tau] * O from its own forward-backward check (synthetic
+    pairs may carry their exact flow instead). One augmentor draw maps images, labels and
+    masks; the trained network on the augmented pair, both directions in one call, is
+    trained towards A(F) masked by A(M): the teacher with the multi-level end-point error
+    (``loss.pretrain_level_weights``), the student with RAFT's sequence loss. The teacher
+    also gets lambda (``unsup_weight``) times its own photometric + smoothness loss on the
+    original pair, as in stage 3, and with ``distill_passes`` "both" the original pass is
+    trained towards the unaugmented labels too (the mean of both passes' terms).
+    """
+
+    def __init__(self, partner: ClassicalPartner):
+        self.partner = partner
+
+    def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor], augmentor: Augmentor,
+                 loss_cfg: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: img1, img2 (B, 3, H, W) RGB in [0, 1] and the partner's labels. Returns the loss and its terms."""
+        passes = check_choice(loss_cfg["distill_passes"], "loss.distill_passes", DISTILL_PASSES)
+        img1, img2 = batch["img1"], batch["img2"]
+        b, _, height, width = img1.shape
+        flow_fw, flow_bw = self.partner.flows(batch)
+        mask_fw, mask_bw = batch["mask_fw"], batch["mask_bw"]
+        with torch.no_grad():
+            params, aug1, aug2 = augment_pair(augmentor, img1, img2)
+            label_fw, label_bw, m_fw, m_bw = augment_labels(augmentor, params, flow_fw, flow_bw, mask_fw, mask_bw)
+        labels, masks = torch.cat((label_fw, label_bw), 0), torch.cat((m_fw, m_bw), 0)
+        terms = {"selected": float(torch.cat((mask_fw, mask_bw), 0).mean())}
+        if arch_name(_unwrapped(net)) == "raft":
+            preds = net(torch.cat((aug1, aug2), 0), torch.cat((aug2, aug1), 0))
+            loss = sequence_loss(preds, labels, masks, loss_cfg["sequence_gamma"], loss_cfg["max_flow"])
+            with torch.no_grad():
+                terms["label_epe"] = epe_loss(preds[-1], labels, masks).item()
+            terms["loss"] = loss.item()
+            return loss, terms
+        original = bool(loss_cfg["unsup_weight"]) or passes == "both"
+        firsts = ([img1, img2] if original else []) + [aug1, aug2]
+        seconds = ([img2, img1] if original else []) + [aug2, aug1]
+        levels = net(torch.cat(firsts, 0), torch.cat(seconds, 0))
+        k = 2 * b if original else 0
+        distill, level_terms = multilevel_epe([lvl[k:] for lvl in levels], labels, masks,
+                                              loss_cfg["pretrain_level_weights"])
+        terms.update(level_terms)
+        with torch.no_grad():
+            terms["label_epe"] = epe_loss(teacher_flow_to_pixels(levels[0][k:], height, width), labels, masks).item()
+        if passes == "both":
+            clean, _ = multilevel_epe([lvl[:2 * b] for lvl in levels], torch.cat((flow_fw, flow_bw), 0),
+                                      torch.cat((mask_fw, mask_bw), 0), loss_cfg["pretrain_level_weights"])
+            terms["distillation_clean"] = clean.item()
+            distill = (distill + clean) / 2
+        loss = distill
+        if loss_cfg["unsup_weight"]:
+            unsup, unsup_terms, *_ = unsupervised_loss([lvl[:2 * b] for lvl in levels], img1, img2, loss_cfg)
+            terms.update(unsup_terms, unsupervised=unsup.item())
+            loss = loss + loss_cfg["unsup_weight"] * unsup
+        terms.update(distillation=distill.item(), loss=loss.item())
+        return loss, terms
+
+
+def _unwrapped(net: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return getattr(net, "module", net)
+
+
 Recipe = Callable[[nn.Module, dict[str, torch.Tensor], Augmentor, dict[str, Any], int],
                   tuple[torch.Tensor, dict[str, float]]]
 
-RECIPES = {"pretrain": pretrain_loss, "student_pretrain": student_pretrain_loss, "stage1": stage1_loss,
-           "stage2": ForwardDistillation, "stage3": BackwardDistillation}
-"""The optional synthetic pre-trainings' and stage 1's recipes, and the recipe classes of stages 2 and 3
-(built around their frozen network)."""
 
-TRAINED_ARCH = {"pretrain": "fastflownet", "student_pretrain": "raft", "stage1": "fastflownet", "stage2": "raft",
-                "stage3": "fastflownet"}
-"""The architecture each stage trains."""
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table.
 
-FROZEN_ARCH = {"stage2": "fastflownet", "stage3": "raft"}
-"""The architecture of the frozen network a stage's recipe uses (stage 1 has none)."""
+    trains: the architecture trained ("fastflownet" or "raft"), or None when the config's
+    ``network`` chooses it (the classical round). partner: None, "network" (a frozen model
+    file of architecture ``partner_arch``) or "classical" (the config's ``partner`` section).
+    recipe: the loss function, or the recipe class built around the partner. data:
+    "synthetic" (the synthetic source's ground truth only, no --data) or "recordings"
+    (--data mixed with synthetic pairs).
+    """
+
+    name: str
+    trains: str | None
+    partner: str | None
+    partner_arch: str | None
+    recipe: Callable[..., Any]
+    data: str
+    summary: str
 
 
-def make_recipe(stage: str, frozen: nn.Module | None = None) -> Recipe:
-    """The recipe of ``stage``, holding ``frozen`` (the teacher in stage 2, the student in stage 3)."""
-    if stage not in RECIPES:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {sorted(RECIPES)}")
-    if stage not in FROZEN_ARCH:
-        if frozen is not None:
-            raise ValueError(f"{stage} trains without a frozen network, but one was given")
-        return RECIPES[stage]
-    if frozen is None or arch_name(frozen) != FROZEN_ARCH[stage]:
-        got = "none" if frozen is None else arch_name(frozen)
-        raise ValueError(f"{stage} needs a frozen {FROZEN_ARCH[stage]} network, got {got}")
-    return RECIPES[stage](frozen)
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("pretrain", "fastflownet", None, None, pretrain_loss, "synthetic",
+          "optional: the teacher on the synthetic source's exact flow"),
+    Stage("student_pretrain", "raft", None, None, student_pretrain_loss, "synthetic",
+          "optional: the student on the synthetic source's exact flow"),
+    Stage("stage1", "fastflownet", None, None, stage1_loss, "recordings",
+          "MDFlow stage 1: unsupervised teacher with augmentation regularisation"),
+    Stage("classical", None, "classical", None, ClassicalDistillation, "recordings",
+          "round 0: a classical estimator's reliable flows distilled into the teacher (or the student)"),
+    Stage("stage2", "raft", "network", "fastflownet", ForwardDistillation, "recordings",
+          "MDFlow stage 2: the frozen teacher's reliable flows distilled into the student"),
+    Stage("stage3", "fastflownet", "network", "raft", BackwardDistillation, "recordings",
+          "MDFlow stage 3: the frozen student's flows distilled back into the teacher, plus its own unsupervised loss"),
+)}
+"""Every stage train.py runs, by name."""
+
+NETWORK_ARCH: dict[str, str] = {"teacher": "fastflownet", "student": "raft"}
+"""The config's ``network`` (the classical round's trained network) -> architecture."""
+
+
+def check_stage(config: dict[str, Any]) -> str:
+    """The architecture a config's stage trains, after checking that the stage can run this config.
+
+    ConfigError for an unknown stage, a ``network`` it cannot train, or (classical round) a
+    RAFT student with the teacher-only options (its photometric term, the original pass).
+    """
+    arch = trained_arch(config)
+    if STAGES[config["stage"]].partner == "classical" and arch == "raft":
+        loss = config["loss"]
+        if loss["unsup_weight"] or loss["distill_passes"] != "augmented":
+            raise ConfigError("the classical round trains the RAFT student on the augmented pass only: "
+                              "set loss.unsup_weight: 0 and loss.distill_passes: augmented")
+    return arch
+
+
+def trained_arch(config: dict[str, Any]) -> str:
+    """The architecture a config's stage trains (ConfigError for an unknown stage or a ``network`` it cannot train)."""
+    stage = STAGES.get(config["stage"])
+    if stage is None:
+        raise ConfigError(f"unknown stage {config['stage']!r}: expected one of {sorted(STAGES)}")
+    network = config["network"]
+    if network is not None and network not in NETWORK_ARCH:
+        raise ConfigError(f"network must be one of {sorted(NETWORK_ARCH)} or null, got {network!r}")
+    if stage.trains is None:
+        return NETWORK_ARCH[network or "teacher"]
+    if network is not None and NETWORK_ARCH[network] != stage.trains:
+        raise ConfigError(f"{stage.name} trains the {stage.trains} network; network: {network} does not apply")
+    return stage.trains
+
+
+def make_recipe(stage: str, partner: NetworkPartner | ClassicalPartner | None = None) -> Recipe:
+    """The recipe of ``stage``, built around ``partner`` (a frozen network in stages 2 and 3, classical in round 0)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {sorted(STAGES)}")
+    spec = STAGES[stage]
+    if spec.partner is None:
+        if partner is not None:
+            raise ValueError(f"{stage} trains without a partner, but one was given")
+        return spec.recipe
+    if spec.partner == "classical":
+        if not isinstance(partner, ClassicalPartner):
+            raise ValueError(f"{stage} needs a classical partner, got {type(partner).__name__}")
+        return spec.recipe(partner)
+    if not isinstance(partner, NetworkPartner) or arch_name(partner.net) != spec.partner_arch:
+        got = "none" if not isinstance(partner, NetworkPartner) else arch_name(partner.net)
+        raise ValueError(f"{stage} needs a frozen {spec.partner_arch} network, got {got}")
+    return spec.recipe(partner)

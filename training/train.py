@@ -4,10 +4,13 @@
                              [--resume] [--max-steps N] [--init MODEL.pt]
                              [--teacher TEACHER.pt (stage2)] [--student STUDENT.pt (stage3)]
 
-pretrain and student_pretrain (optional) train the teacher or the student on the synthetic
-source's ground truth only (no --data); stage1 trains the FastFlowNet teacher without labels; stage2 trains the RAFT student from the
-frozen ``--teacher`` (``--init``: a previous round's student); stage3 trains the teacher from
-``--init`` (its stage-1 weights) with the frozen ``--student``. PATH is a rosbag2 (directory,
+The stages are training/stages.py's table. pretrain and student_pretrain (optional) train the
+teacher or the student on the synthetic source's ground truth only (no --data); stage1 trains
+the FastFlowNet teacher without labels; classical distils a classical OpenCV estimator's
+reliable flows (the config's ``partner``) into the teacher, or the student with ``network:
+student``; stage2 trains the RAFT student from the frozen ``--teacher`` (``--init``: a
+previous round's student); stage3 trains the teacher from ``--init`` (its stage-1 weights)
+with the frozen ``--student``. PATH is a rosbag2 (directory,
 .db3 or .mcap), a ROS 1 .bag, a video file or an image folder; the config's synthetic pairs
 (real photos under known motion) are mixed in. RUN_DIR gets ``latest.pt`` (the resumable
 checkpoint), the model file (``teacher_fastflownet.pt`` or ``student_raft.pt``) and TensorBoard
@@ -34,13 +37,17 @@ from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
 from training.data.training_set import build_training_set
 from training.evaluate import make_validator
-from training.stages import FROZEN_ARCH, RECIPES, TRAINED_ARCH, make_recipe
+from training.partners import NetworkPartner, PartnerError, classical_partner
+from training.stages import STAGES, check_stage, make_recipe
 from training.trainer import LATEST, ResumeError, Trainer, seed_everything
 
 LOG = logging.getLogger("mdflow_ros.training")
 
 MODEL_FILES = {"fastflownet": "teacher_fastflownet.pt", "raft": "student_raft.pt"}
 """The model file a run directory gets, by the architecture it trains."""
+
+SNAPSHOTS = "snapshots"
+"""The run directory's folder of model files written at every validation (deployed weights)."""
 
 LINEAGE = ("init", "frozen")
 """Meta entries that a resumed run must share with its checkpoint."""
@@ -59,15 +66,16 @@ def file_ref(path: str | Path | None) -> dict[str, str] | None:
 
 def new_network(cfg: dict[str, Any]) -> nn.Module:
     """A freshly initialised network of the architecture the config's stage trains."""
-    if TRAINED_ARCH[cfg["stage"]] == "raft":
+    if check_stage(cfg) == "raft":
         return RAFT(train_iters=cfg["student"]["train_iters"])
     return FastFlowNet()
 
 
-def _load_init(model: nn.Module, stage: str, init: str | Path) -> None:
+def _load_init(model: nn.Module, cfg: dict[str, Any], init: str | Path) -> None:
     parent = load_model_file(init)
-    if parent.arch != TRAINED_ARCH[stage]:
-        raise StageError(f"{stage} trains a {TRAINED_ARCH[stage]}, but --init {init} holds a {parent.arch}")
+    arch = check_stage(cfg)
+    if parent.arch != arch:
+        raise StageError(f"{cfg['stage']} trains a {arch}, but --init {init} holds a {parent.arch}")
     model.load_state_dict(parent.state_dict)
 
 
@@ -97,42 +105,53 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
     ``resume`` the run continues from ``out/latest.pt`` when it exists.
     """
     stage, out = cfg["stage"], Path(out)
-    if stage not in RECIPES:
-        raise StageError(f"stage {stage!r} is not trained by this command (stages: {sorted(RECIPES)})")
+    if stage not in STAGES:
+        raise StageError(f"stage {stage!r} is not trained by this command (stages: {sorted(STAGES)})")
+    spec = STAGES[stage]
+    arch = check_stage(cfg)
     if (out / LATEST).exists() and not resume:
         raise StageError(f"{out / LATEST} exists; pass --resume to continue it, or choose another --out "
                          "(refusing to overwrite training progress)")
-    if (frozen is None) != (stage not in FROZEN_ARCH):
-        need = f"a frozen {FROZEN_ARCH[stage]} model file" if stage in FROZEN_ARCH else "no frozen network"
+    if (frozen is None) != (spec.partner != "network"):
+        need = f"a frozen {spec.partner_arch} model file" if spec.partner == "network" else "no frozen network"
         raise StageError(f"{stage} needs {need}")
     resuming = resume and (out / LATEST).is_file()
     if stage == "stage3" and init is None and not resuming:
         raise StageError("stage3 continues the teacher: give its stage-1 model file as init (--init)")
     seed_everything(cfg["seed"])
+    classical = classical_partner(cfg["partner"]) if spec.partner == "classical" else None
     try:
-        recipe = make_recipe(stage, load_model(frozen) if frozen is not None else None)
+        partner = NetworkPartner(load_model(frozen)) if frozen is not None else classical
+        recipe = make_recipe(stage, partner)
     except ValueError as err:
         raise StageError(f"{frozen}: {err}") from None
     model = new_network(cfg)
-    meta = {"arch": TRAINED_ARCH[stage], "stage": stage, "parent": file_ref(frozen or init),
+    meta = {"arch": arch, "stage": stage, "parent": file_ref(frozen or init),
             "init": file_ref(init), "frozen": file_ref(frozen), "data": [str(p) for p in data]}
+    if classical is not None:
+        meta["partner"] = classical.record()
     if resuming:
         meta = _resumed_lineage(out / LATEST, meta)
     elif init is not None:
-        _load_init(model, stage, init)
+        _load_init(model, cfg, init)
     try:
-        pairs = build_training_set(cfg, data)
-    except ValueError as err:  # no data, or recordings given to a stage that takes none
+        pairs = build_training_set(cfg, data, classical)
+    except ValueError as err:  # no data, recordings given to a stage that takes none, bad synthetic photos
         raise StageError(str(err)) from None
-    trainer = Trainer(cfg, out, model, recipe, pairs, meta, make_validator(cfg))
+    path = out / MODEL_FILES[meta["arch"]]
+
+    def snapshot(deployed: nn.Module, step: int) -> None:
+        save_model_file(out / SNAPSHOTS / f"{path.stem}_step{step:06d}.pt", deployed, dict(meta, step=step, config=cfg))
+
+    trainer = Trainer(cfg, out, model, recipe, pairs, meta, make_validator(cfg), snapshot)
     if resuming:
         trainer.resume()
     if trainer.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     step = trainer.run(max_steps)
-    path = out / MODEL_FILES[meta["arch"]]
     if trainer.rank == 0:
+        model.load_state_dict(trainer.deployed_state())
         save_model_file(path, model, dict(meta, step=step, config=cfg))
         LOG.info("%s step %d: wrote %s", stage, step, path)
     return path
@@ -157,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         frozen = {"stage2": args.teacher, "stage3": args.student}.get(cfg["stage"])
+        check_stage(cfg)
         for name, value in (("--teacher", args.teacher), ("--student", args.student)):
             if value is not None and value != frozen:
                 raise StageError(f"{name} does not apply to {cfg['stage']}")
         train_stage(cfg, args.data, args.out, args.resume, args.max_steps, args.init, frozen)
-    except (StageError, ResumeError, ConfigError, ModelFileError) as err:
+    except (StageError, ResumeError, ConfigError, ModelFileError, PartnerError) as err:
         sys.exit(f"train.py: {err}")
     return 0
 

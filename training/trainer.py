@@ -2,12 +2,14 @@
 
 A stage is a loss recipe (training/stages.py) plus the network it trains. The loop owns
 what every stage needs: the resumable data stream, Adam and its learning-rate schedule,
-atomic checkpoints with the full RNG state (``--resume`` continues exactly), a tqdm bar,
-TensorBoard scalars and pictures, periodic validation on ground-truth pairs, gradient
-clipping and mixed precision on GPUs.
+an exponential moving average of the weights (``train.ema_decay``), atomic checkpoints with
+the full RNG state (``--resume`` continues exactly), a tqdm bar, TensorBoard scalars and
+pictures, periodic validation on ground-truth pairs, gradient clipping and mixed precision
+on GPUs.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -68,14 +70,20 @@ def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class Trainer:
     """Trains ``model`` with ``recipe`` on ``dataset`` (items: dict of tensors, indexed by (index, seed)).
 
-    A recipe may hold a frozen network as ``recipe.frozen`` (the other network of a
-    distillation stage); it is moved to the trainer's device, in eval mode without gradients.
+    A recipe may hold a frozen partner as ``recipe.partner`` (training/partners.py: the other
+    network of a distillation stage, or a classical estimator); it is moved to the trainer's
+    device (a network in eval mode without gradients). With ``train.ema_decay`` > 0 the
+    trainer keeps an exponential moving average of the weights, updated after every step,
+    checkpointed with them, used for validation and returned by ``deployed_state``.
+    ``snapshot(model, step)`` is called with the deployed model after every validation (rank 0),
+    e.g. to keep a model file per validated step to choose from later.
     """
 
     def __init__(self, config: dict[str, Any], out_dir: str | Path, model: torch.nn.Module,
                  recipe: Callable[..., tuple[torch.Tensor, dict[str, float]]], dataset: Dataset,
                  meta: dict[str, Any] | None = None,
-                 validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None):
+                 validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+                 snapshot: Callable[[torch.nn.Module, int], None] | None = None):
         self.cfg = config
         self.out = Path(out_dir)
         self.rank, self.world, local_rank = distributed_context()
@@ -84,12 +92,13 @@ class Trainer:
             torch.set_num_threads(config["train"]["threads"])
         self.model = model.to(self.device)
         self.recipe = recipe
-        frozen = getattr(recipe, "frozen", None)
-        if frozen is not None:
-            frozen.to(self.device).eval().requires_grad_(False)
+        partner = getattr(recipe, "partner", None)
+        if partner is not None:
+            partner.to(self.device)
         self.dataset = dataset
         self.meta = dict(meta or {})
         self.validate = validate
+        self.snapshot = snapshot
         t = config["train"]
         check_choices(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"], eps=t["adam_eps"],
@@ -98,6 +107,7 @@ class Trainer:
         self.augmentor = Augmentor(AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in config["augment"].items()}), self.generator)
         self.step = 0
+        self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()} if t["ema_decay"] else None)
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
@@ -125,6 +135,10 @@ class Trainer:
         except RuntimeError as err:
             raise ModelFileError(f"{path}: weights do not fit the model: {str(err).splitlines()[0]}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            if "ema" not in ckpt:
+                raise ResumeError(f"{path} has no weight average, but this run keeps one (train.ema_decay)")
+            self.ema = {k: v.to(self.device) for k, v in ckpt["ema"].items()}
         self.step = int(ckpt["step"])
         restore_rng(ckpt["rng"], self.generator)
         LOG.info("resumed %s at step %d", path, self.step)
@@ -133,7 +147,30 @@ class Trainer:
     def save(self) -> None:
         if self.rank == 0:
             meta = dict(self.meta, step=self.step, config=self.cfg)
-            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.step, self.cfg, self.generator, meta)
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.step, self.cfg, self.generator, meta,
+                            self.ema)
+
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights (floating entries; others copied)."""
+        decay = self.cfg["train"]["ema_decay"]
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                if value.is_floating_point():
+                    self.ema[key].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+                else:
+                    self.ema[key].copy_(value)
+
+    def deployed_state(self) -> dict[str, torch.Tensor]:
+        """The weights to deploy and validate: the moving average when the run keeps one, else the weights."""
+        return self.ema if self.ema is not None else self.model.state_dict()
+
+    def _deployed_model(self) -> torch.nn.Module:
+        """The model with the deployed weights (a copy when they are the moving average)."""
+        if self.ema is None:
+            return self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.ema)
+        return model
 
     def _loader(self) -> DataLoader:
         t, d = self.cfg["train"], self.cfg["data"]
@@ -171,6 +208,8 @@ class Trainer:
                 terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t["grad_clip"]))
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self._update_ema()
             self.step += 1
             window_pairs += batch["img1"].shape[0] * self.world
             bar.update(1)
@@ -184,8 +223,12 @@ class Trainer:
             if self.step % t["checkpoint_every"] == 0 or self.step == end:
                 self.save()
             if self.validate and self.rank == 0 and (self.step % t["val_every"] == 0 or self.step == end):
-                for key, value in self.validate(self.model, self.step).items():
+                deployed = self._deployed_model()
+                for key, value in self.validate(deployed, self.step).items():
                     writer.add_scalar(f"val/{key}", value, self.step)
+                writer.flush()
+                if self.snapshot is not None:
+                    self.snapshot(deployed, self.step)
                 LOG.info("step %d validation done", self.step)
                 self.model.train()
         bar.close()

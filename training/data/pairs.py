@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,18 @@ from training.data.file_sources import (
     natural_key,
 )
 from training.data.frames import DataError, FrameDecodeError, FrameSource
+from training.partners import PartnerError
 from training.data.rosbag_source import BAG_SUFFIXES, RosbagFrames, is_bag_path
 
 log = logging.getLogger(__name__)
 
-RESOLUTION_POLICIES: tuple[str, ...] = ("resize", "reject")
+RESOLUTION_POLICIES: tuple[str, ...] = ("resize", "reject", "keep")
+"""Frames of different sizes: all resized to one size, refused, or each source kept at its own size
+(frames of a source brought to that source's first frame size)."""
+
+LabelFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+"""Labels of a pair of raw frames (H, W, 3) uint8: flows "flow_fw", "flow_bw" (H, W, 2) float32 px and
+masks "mask_fw", "mask_bw" (H, W) on frames 1 and 2 (training/partners.py PairLabeler is one)."""
 
 MAX_PAIR_TRIES: int = 8
 """A pair with an undecodable frame is replaced by the next pair, at most this many times in a row."""
@@ -132,6 +139,23 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
+def mirror_flow(flow: np.ndarray) -> np.ndarray:
+    """The flow (H, W, 2) px of horizontally mirrored frames: columns reversed, u negated."""
+    out = flow[:, ::-1].copy()
+    out[..., 0] *= -1
+    return out
+
+
+def flow_tensor(flow: np.ndarray) -> torch.Tensor:
+    """(H, W, 2) float32 px -> (2, H, W) float32."""
+    return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32))
+
+
+def mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """(H, W) -> (1, H, W) float32."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+
+
 class FramePairs(Dataset):
     """Pairs (frame i, frame i + stride) of frame sources as ``{"img1", "img2"}`` float tensors.
 
@@ -139,19 +163,24 @@ class FramePairs(Dataset):
     common frame size when crop is None). Sizes: frames are first brought to one size H x W,
     ``resize`` when given, else the first frame's size; under ``resolution_policy="reject"``
     every frame must already share one size (else DataError naming two sizes), under
-    ``"resize"`` frames of another size are resized to H x W (aspect ratio not kept).
+    ``"resize"`` frames of another size are resized to H x W (aspect ratio not kept), under
+    ``"keep"`` each source keeps the size of its first frame (``resize`` does not apply).
+    ``labeler`` (a LabelFn, e.g. a partner's PairLabeler) labels the pair on the whole frames before the
+    crop; its flows and masks are cropped, flipped and swapped with the frames and returned
+    as flow_fw, flow_bw (2, h, w) and mask_fw, mask_bw (1, h, w).
     Augmentations: a random crop (the same window in both frames), a horizontal flip of both
     (``hflip``, probability 0.5) and swapping the frame order (``swap``, probability 0.5).
 
     Index with an int (randomness from torch's global generator) or with ``(index, seed)``
     as training.sampler.ResumableSampler yields, which makes the item a function of the seed.
-    A pair whose frames cannot be decoded is replaced by the next pair and counted in
-    ``skipped_pairs`` (per process) with a warning.
+    A pair whose frames cannot be decoded, or that the labeler cannot process, is replaced by
+    the next pair and counted in ``skipped_pairs`` (per process) with a warning.
     """
 
     def __init__(self, sources: Sequence[FrameSource], stride: int = 1, max_gap_s: float | None = None,
                  crop: Sequence[int] | None = None, resolution_policy: str = "resize",
-                 resize: Sequence[int] | None = None, hflip: bool = False, swap: bool = False) -> None:
+                 resize: Sequence[int] | None = None, hflip: bool = False, swap: bool = False,
+                 labeler: LabelFn | None = None) -> None:
         if not sources:
             raise DataError("FramePairs needs at least one frame source")
         if int(stride) != stride or stride < 1:
@@ -167,15 +196,21 @@ class FramePairs(Dataset):
         self.stride, self.max_gap_s = int(stride), max_gap_s
         self.crop = _check_crop(crop)
         self.hflip, self.swap = bool(hflip), bool(swap)
+        self.labeler = labeler
         self.skipped_pairs = 0
 
         all_sizes = [s.frame_sizes() for s in self.sources]
-        self.size = tuple(int(v) for v in (resize if resize is not None else all_sizes[0][0]))
+        if resolution_policy == "keep":
+            self.sizes = [tuple(int(v) for v in sizes[0]) for sizes in all_sizes]
+        else:
+            size = tuple(int(v) for v in (resize if resize is not None else all_sizes[0][0]))
+            self.sizes = [size] * len(self.sources)
         if resolution_policy == "reject":
             self._reject_mixed(all_sizes)
-        if self.crop is not None and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
-            raise DataError(f"crop {_size_text(self.crop)} is larger than the frames, {_size_text(self.size)}; "
-                            f"choose a smaller crop or set resize")
+        for source, size in zip(self.sources, self.sizes):
+            if self.crop is not None and (self.crop[0] > size[0] or self.crop[1] > size[1]):
+                raise DataError(f"crop {_size_text(self.crop)} is larger than the frames, {_size_text(size)}, "
+                                f"of {source.name}; choose a smaller crop or set resize")
 
         rows, self.gap_skipped = [], 0
         for k, source in enumerate(self.sources):
@@ -200,6 +235,11 @@ class FramePairs(Dataset):
                                 f"{source.name} frame {other[0]} is {_size_text(sizes[other[0]])} "
                                 f"(sizes in that source: {dict(counts)}); use resolution_policy='resize'")
 
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The common frame size (H, W) of all sources, None when sources keep different sizes."""
+        return self.sizes[0] if len(set(self.sizes)) == 1 else None
+
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -214,37 +254,52 @@ class FramePairs(Dataset):
             source = self.sources[k]
             try:
                 img1, img2 = source.frame(i), source.frame(i + self.stride)
-            except FrameDecodeError as err:
+                img1, img2 = self._fit(img1, self.sizes[k]), self._fit(img2, self.sizes[k])
+                labels = self.labeler(img1, img2) if self.labeler is not None else {}
+            except (FrameDecodeError, PartnerError) as err:
                 self.skipped_pairs += 1
                 log.warning("skipping pair (%d, %d) of %s: %s", i, i + self.stride, source.name, err)
                 continue
-            return self._prepare(img1, img2, generator)
-        raise DataError(f"{MAX_PAIR_TRIES} consecutive pairs from pair {index} could not be decoded")
+            return self._prepare(img1, img2, labels, generator)
+        raise DataError(f"{MAX_PAIR_TRIES} consecutive pairs from pair {index} could not be decoded or labelled")
 
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        height, width = self.size
+    @staticmethod
+    def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        height, width = size
         if image.shape[:2] == (height, width):
             return image
         shrink = height * width < image.shape[0] * image.shape[1]
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
-    def _prepare(self, img1: np.ndarray, img2: np.ndarray,
+    def _prepare(self, img1: np.ndarray, img2: np.ndarray, labels: dict[str, np.ndarray],
                  generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        img1, img2 = self._fit(img1), self._fit(img2)
+        fw, bw = labels.get("flow_fw"), labels.get("flow_bw")
+        m_fw, m_bw = labels.get("mask_fw"), labels.get("mask_bw")
         if self.crop is not None:
             ch, cw = self.crop
-            y0 = int(torch.randint(0, self.size[0] - ch + 1, (1,), generator=generator))
-            x0 = int(torch.randint(0, self.size[1] - cw + 1, (1,), generator=generator))
-            img1, img2 = img1[y0:y0 + ch, x0:x0 + cw], img2[y0:y0 + ch, x0:x0 + cw]
+            y0 = int(torch.randint(0, img1.shape[0] - ch + 1, (1,), generator=generator))
+            x0 = int(torch.randint(0, img1.shape[1] - cw + 1, (1,), generator=generator))
+            window = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+            img1, img2 = img1[window], img2[window]
+            if labels:
+                fw, bw, m_fw, m_bw = fw[window], bw[window], m_fw[window], m_bw[window]
         if self.hflip and float(torch.rand((), generator=generator)) < 0.5:
             img1, img2 = img1[:, ::-1], img2[:, ::-1]
+            if labels:
+                fw, bw = mirror_flow(fw), mirror_flow(bw)
+                m_fw, m_bw = m_fw[:, ::-1], m_bw[:, ::-1]
         if self.swap and float(torch.rand((), generator=generator)) < 0.5:
-            img1, img2 = img2, img1
-        return {"img1": to_tensor(img1), "img2": to_tensor(img2)}
+            img1, img2, fw, bw, m_fw, m_bw = img2, img1, bw, fw, m_bw, m_fw
+        item = {"img1": to_tensor(img1), "img2": to_tensor(img2)}
+        if labels:
+            item.update(flow_fw=flow_tensor(fw), flow_bw=flow_tensor(bw), mask_fw=mask_tensor(m_fw),
+                        mask_bw=mask_tensor(m_bw))
+        return item
 
 
-def recording_pairs(paths: Sequence[str | Path], data: Mapping[str, Any]) -> FramePairs:
-    """FramePairs over ``paths`` configured by the trainer's ``data`` section.
+def recording_pairs(paths: Sequence[str | Path], data: Mapping[str, Any],
+                    labeler: LabelFn | None = None) -> FramePairs:
+    """FramePairs over ``paths`` configured by the trainer's ``data`` section, labelled by ``labeler``.
 
     Uses the keys crop, stride, max_gap_s, resolution_policy, resize, hflip, swap, and topic
     when present (default: each bag's only image topic).
@@ -252,4 +307,4 @@ def recording_pairs(paths: Sequence[str | Path], data: Mapping[str, Any]) -> Fra
     return FramePairs(open_sources(paths, topic=data.get("topic")), stride=data["stride"],
                       max_gap_s=data["max_gap_s"], crop=data["crop"],
                       resolution_policy=data["resolution_policy"], resize=data["resize"],
-                      hflip=data["hflip"], swap=data["swap"])
+                      hflip=data["hflip"], swap=data["swap"], labeler=labeler)
