@@ -31,14 +31,14 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from mdflow_ros.flow import MIN_SIDE
+from mdflow_ros.conventions import MIN_FRAME_SIDE
 from mdflow_ros.flow_message import flow_message, scale_outputs
 from mdflow_ros.flow_stats import COUNTERS, FlowStats
 from mdflow_ros.frame_pairing import NS_PER_S, FrameInfo, PairTracker
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
 from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.io.colorwheel import flow_to_color
-from mdflow_ros.io.ros_image import (INPUT_ENCODINGS, ImageDecodeError, array_to_image, compressed_to_array,
+from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, ImageDecodeError, array_to_image, compressed_to_array,
                                      cv_bridge_available, estimator_input, image_to_array,
                                      image_to_array_cv_bridge)
 from mdflow_ros.mailbox import LatestOnly
@@ -199,12 +199,12 @@ class FlowNode(Node):
             pixels, encoding = compressed_to_array(msg)
             source_encoding = encoding
         else:
-            pixels = self._decode_raw(msg, INPUT_ENCODINGS)
+            pixels = self._decode_raw(msg, CAMERA_ENCODINGS)
             pixels, encoding = estimator_input(pixels, msg.encoding)
             source_encoding = msg.encoding
         height, width = pixels.shape[:2]
-        if height < MIN_SIDE or width < MIN_SIDE:
-            raise ImageDecodeError(f"image is {width}x{height}; both sides must be at least {MIN_SIDE} px", "small")
+        if height < MIN_FRAME_SIDE or width < MIN_FRAME_SIDE:
+            raise ImageDecodeError(f"image is {width}x{height}; both sides must be at least {MIN_FRAME_SIDE} px", "small")
         stamp = msg.header.stamp
         return FrameInfo(stamp.sec * NS_PER_S + stamp.nanosec, height, width, source_encoding), pixels, encoding
 

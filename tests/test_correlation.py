@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mdflow_ros.flow import CDDC_CHANNELS, CDDC_OFFSETS
+from mdflow_ros.conventions import CDDC_CHANNELS, CDDC_OFFSETS
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.correlation import (
     correlation_53,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernel_harness import CorrelationHarness, build_harness
-from mdflow_ros.flow import CDDC_OFFSETS
+from mdflow_ros.conventions import CDDC_OFFSETS
 from mdflow_ros.inference.trt_correlation_plugin import (KERNEL_NAMES, KERNEL_PATH, compile_ptx, kernel_sha256,
                                                          kernel_source)
 from mdflow_ros.models import FastFlowNet

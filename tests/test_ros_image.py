@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("rclpy")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from mdflow_ros.io.ros_image import (ENCODINGS, INPUT_ENCODINGS, ImageDecodeError, array_to_image,  # noqa: E402
+from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, PIXEL_LAYOUTS, ImageDecodeError, array_to_image,  # noqa: E402
                                      compressed_to_array, cv_bridge_available, estimator_input, image_to_array,
                                      image_to_array_cv_bridge)
 
@@ -21,14 +21,14 @@ RNG = np.random.default_rng(7)
 
 
 def random_image(encoding: str, height: int = 37, width: int = 53) -> np.ndarray:
-    dtype, channels = ENCODINGS[encoding]
+    dtype, channels = PIXEL_LAYOUTS[encoding]
     shape = (height, width) if channels == 1 else (height, width, channels)
     if dtype == np.float32:
         return RNG.standard_normal(shape).astype(np.float32)
     return RNG.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
 
 
-@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("encoding", list(PIXEL_LAYOUTS))
 def test_numpy_path_round_trips_and_agrees_with_rosbags_image(encoding):
     from rosbags.image import message_to_cvimage
 
@@ -42,7 +42,7 @@ def test_numpy_path_round_trips_and_agrees_with_rosbags_image(encoding):
 
 
 @pytest.mark.skipif(not cv_bridge_available(), reason="the compiled ROS 2 cv_bridge is not installed here")
-@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("encoding", list(PIXEL_LAYOUTS))
 def test_cv_bridge_path_agrees_with_numpy_path(encoding):
     msg = array_to_image(random_image(encoding), encoding)
     assert np.array_equal(image_to_array_cv_bridge(msg), image_to_array(msg))
@@ -60,7 +60,7 @@ def test_cv_bridge_detection_rejects_missing_or_pure_python_ports(monkeypatch, t
     assert cv_bridge_available() is False
 
 
-@pytest.mark.parametrize("encoding", INPUT_ENCODINGS)
+@pytest.mark.parametrize("encoding", CAMERA_ENCODINGS)
 def test_rows_are_read_through_step_padding(encoding):
     pixels = random_image(encoding, 20, 30)
     tight = array_to_image(pixels, encoding)
@@ -93,7 +93,7 @@ def test_bad_images_are_rejected_with_the_reason(change, reason):
     for key, value in change.items():
         setattr(msg, key, value)
     with pytest.raises(ImageDecodeError, match=reason):
-        image_to_array(msg, INPUT_ENCODINGS)
+        image_to_array(msg, CAMERA_ENCODINGS)
 
 
 def test_estimator_input_drops_alpha_and_scales_16_bit():

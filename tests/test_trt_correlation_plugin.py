@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from mdflow_ros.flow import CDDC_OFFSETS, MAX_DISPLACEMENT
+from mdflow_ros.conventions import CDDC_OFFSETS, MAX_DISPLACEMENT
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.models import FastFlowNet

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mdflow_ros.flow import DIV_FLOW
+from mdflow_ros.conventions import DIV_FLOW
 from training.augment import Augmentor
 from training.losses import epe_loss, masked_mean, sequence_loss
 

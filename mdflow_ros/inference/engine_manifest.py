@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mdflow_ros.atomic_file import atomic_write_bytes
-from mdflow_ros.flow import SIZE_MULTIPLE
+from mdflow_ros.conventions import SIZE_MULTIPLE
 from mdflow_ros.inference.onnx_export import file_sha256
 
 MANIFEST_VERSION = 1

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from mdflow_ros.flow import MIN_SIDE, SIZE_MULTIPLE
+from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
 from mdflow_ros.inference.backend import Backend, BackendUnavailable
 from mdflow_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from mdflow_ros.inference.torch_backend import TorchBackend
@@ -28,7 +28,6 @@ DEFAULT_TEACHER = WEIGHTS_DIR / "teacher_fastflownet.pt"
 SHIPPED_MODELS = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt"}
 """The trained models shipped in the package, by the name a user may give instead of a path."""
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
-ENCODINGS = ("rgb8", "bgr8", "mono8")
 
 
 class ModelNotShippedError(FileNotFoundError):
@@ -87,16 +86,16 @@ def to_rgb_float(img: np.ndarray, encoding: str, name: str) -> np.ndarray:
     """
     if not isinstance(img, np.ndarray):
         raise InputError(f"{name} must be a numpy array, got {type(img).__name__}")
-    if encoding not in ENCODINGS:
-        raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if encoding not in FRAME_ENCODINGS:
+        raise InputError(f"encoding must be one of {FRAME_ENCODINGS}, got {encoding!r}")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     elif img.ndim != 3 or img.shape[2] != 3:
         raise InputError(f"{name} must be HxWx3 (RGB/BGR) or HxW (mono), got shape {img.shape}")
-    if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
-        raise InputError(f"{name} is {img.shape[1]}x{img.shape[0]} px; both sides must be at least {MIN_SIDE} px")
+    if img.shape[0] < MIN_FRAME_SIDE or img.shape[1] < MIN_FRAME_SIDE:
+        raise InputError(f"{name} is {img.shape[1]}x{img.shape[0]} px; both sides must be at least {MIN_FRAME_SIDE} px")
     if img.dtype == np.uint8:
         out = img.astype(np.float32) * (1.0 / 255.0)
     elif img.dtype in (np.float32, np.float64):

@@ -75,10 +75,11 @@ def cache_dir() -> Path:
 
 
 def graph_source_sha256() -> str:
-    """SHA-256 of the sources that define the exported graph (flow maths, models, this exporter)."""
+    """SHA-256 of the sources that define the exported graph (constants, flow maths, models, this exporter)."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in [root / "flow.py", Path(__file__).resolve(), *sorted((root / "models").glob("*.py"))]:
+    sources = [root / "conventions.py", root / "flow.py", Path(__file__).resolve(), *sorted((root / "models").glob("*.py"))]
+    for path in sources:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
