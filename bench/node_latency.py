@@ -41,9 +41,9 @@ from bench.accuracy import time_method
 from bench.latency import peak_rss_mb
 from bench.methods import make_method, ours
 from mdflow_ros.demo import FlowCollector, stop, wait_until, write_node_params
+from mdflow_ros.files import file_sha256
 from mdflow_ros.frame_player import FramePlayer, Plan
 from mdflow_ros.inference.estimator import default_model
-from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.ros_env import local_session_environment
 from mdflow_ros.synthetic import camera_motion_pair, photo_library
 

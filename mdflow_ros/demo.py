@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mdflow_ros.frame_player import FramePlayer, Plan
+from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.inference.estimator import ModelNotShippedError, resolve_model
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.metrics import FlowMetrics, epe
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="frame size")
     parser.add_argument("--input-size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
                         help="network input size, multiples of 64 (0 0: frame size rounded)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "pytorch"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: library default)")
     parser.add_argument("--rate", type=float, default=30.0, help="frame rate within a burst (Hz)")
     parser.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a private one from the pid)")

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.ros_env import PROFILE_NAME, PROFILE_VARIABLE
 
 LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("image_topic", "/camera/image_raw",
      "Camera topic (sensor_msgs/Image; its /compressed sibling with input_transport compressed)."),
     ("params_file", "", "Parameter file of the node; empty: the installed config/flow.yaml."),
-    ("backend", "", "Inference backend (auto, tensorrt, onnxruntime, pytorch); empty: as in params_file."),
+    ("backend", "", f"Inference backend ({', '.join(BACKENDS)}); empty: as in params_file."),
     ("namespace", "", "Namespace of the node and of its optical_flow topics."),
     ("fastdds_profile", "",
      f"Fast DDS XML profile for large images, set as {PROFILE_VARIABLE}; empty: the installed "

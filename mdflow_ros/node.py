@@ -32,11 +32,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 
 from mdflow_ros.conventions import MIN_FRAME_SIDE
+from mdflow_ros.files import file_sha256
 from mdflow_ros.flow_message import flow_message, scale_outputs
 from mdflow_ros.flow_stats import COUNTERS, FlowStats
 from mdflow_ros.frame_pairing import NS_PER_S, FrameInfo, PairTracker
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, ImageDecodeError, array_to_image, compressed_to_array,
                                      cv_bridge_available, estimator_input, image_to_array,

@@ -11,7 +11,8 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
+from mdflow_ros.inference.backend import BACKENDS
+
 RELIABILITIES = ("best_effort", "reliable")
 
 

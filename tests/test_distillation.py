@@ -10,9 +10,11 @@ import pytest
 import torch
 import yaml
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.flow import pixel_grid, warp
 from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import export_onnx, file_sha256, onnx_metadata
+from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.inference.onnx_files import onnx_metadata
 from mdflow_ros.models import RAFT, FastFlowNet
 from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
 from mdflow_ros.synthetic import fixed_demo_pair
@@ -21,8 +23,8 @@ from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_pipeline_config, merge, resume_differences
 from training.data.synthetic_pairs import SyntheticPairs
-from training.make_bag import write_known_motion_bag
 from training.losses import masked_l1
+from training.make_bag import write_known_motion_bag
 from training.selection import reliable_masks
 from training.stages import augment_labels, augment_pair, frozen_flows, make_recipe
 from training.train import new_network

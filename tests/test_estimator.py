@@ -7,12 +7,13 @@ import pytest
 import torch
 from skimage import data
 
-from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.estimator import (DEFAULT_TEACHER, SHIPPED_MODELS, _flow_to_input, network_size,
-                                           resolve_model)
-from mdflow_ros.inference.onnx_export import export_onnx, file_sha256, onnx_for
+from mdflow_ros.files import ModelFileError, file_sha256
+from mdflow_ros.inference import BackendUnavailable, FlowEstimator, InputError, ModelNotShippedError
+from mdflow_ros.inference.estimator import SHIPPED_FILES, _flow_to_input, network_size, resolve_model, shipped_model
+from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.model_file import ModelFileError, load_model_file, save_model_file
+from mdflow_ros.models.model_file import load_model_file, save_model_file
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +38,17 @@ def estimator(model_file) -> FlowEstimator:
 
 
 def test_no_model_means_the_shipped_teacher_and_never_random_weights():
-    if DEFAULT_TEACHER.is_file():
-        assert FlowEstimator(backend="pytorch").model_path == DEFAULT_TEACHER
+    if shipped_model("teacher").is_file():
+        assert FlowEstimator(backend="pytorch").model_path == shipped_model("teacher")
     else:
         with pytest.raises(ModelNotShippedError, match="never falls back to untrained weights"):
             FlowEstimator()
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+@pytest.mark.parametrize("name", sorted(SHIPPED_FILES))
 def test_shipped_models_by_name(name):
-    if SHIPPED_MODELS[name].is_file():
-        assert resolve_model(name) == SHIPPED_MODELS[name]
+    if shipped_model(name).is_file():
+        assert resolve_model(name) == shipped_model(name)
     else:
         with pytest.raises(ModelNotShippedError, match=f"no trained {name} model is shipped"):
             resolve_model(name)
@@ -111,6 +112,18 @@ def test_an_onnx_file_beside_the_weights_runs_only_if_it_came_from_them(model_fi
     torch.manual_seed(1)
     save_model_file(shipped, FastFlowNet(), {"note": "retrained: the .onnx beside it is stale"})
     assert onnx_for(shipped, True).parent == tmp_path / "cache" / "onnx"
+
+
+def test_onnx_metadata_is_read_without_the_onnx_package_and_agrees_with_it(tmp_path):
+    import onnx
+
+    path = export_onnx(FastFlowNet(), tmp_path / "m.onnx", True, (64, 64), source_sha256="ab" * 32)
+    expected = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert onnx_metadata(path) == expected and expected[META_SOURCE] == "ab" * 32
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(BackendUnavailable, match="not a readable ONNX file"):
+        onnx_metadata(garbage)
 
 
 @pytest.mark.parametrize("img1, img2, message", [

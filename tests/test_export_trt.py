@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from mdflow_ros.inference.onnx_export import META_CONFIDENCE, onnx_metadata
+from mdflow_ros.inference.onnx_files import META_CONFIDENCE, onnx_metadata
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.model_file import save_model_file
 from training import export_trt

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdflow_ros.inference.onnx_export import META_SOURCE, export_onnx, file_sha256, onnx_for, onnx_metadata
+from mdflow_ros.files import file_sha256
+from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
 from training.ship_model import check_parity, lineage, ship

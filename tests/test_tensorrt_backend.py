@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.inference import tensorrt_backend as trt_backend
 from mdflow_ros.inference.backend import BackendUnavailable
 from mdflow_ros.inference.engine_manifest import (ENGINE_FILE, MANIFEST_FILE, DeviceInfo, EngineSpec, Profile,
                                                   new_manifest, read_manifest, write_manifest)
-from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.inference.tensorrt_backend import GpuWorker, TensorRTBackend
 
 ORIN = DeviceInfo("10.3.0", "Orin (nvgpu)", (8, 7))

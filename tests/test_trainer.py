@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.model_file import ModelFileError, load_model, save_model_file
+from mdflow_ros.models.model_file import load_model, save_model_file
 from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_config, merge
 from training.make_bag import write_known_motion_bag

@@ -3,31 +3,31 @@
 Used by the node, the CLI, training's evaluation and the benchmarks. It validates and
 converts the frames, resizes them to the network size (multiples of 64), runs a backend
 (TensorRT, ONNX Runtime or PyTorch, all running the same deployed graph) and maps the flow
-back to the input resolution with per-axis scaling.
+back to the input resolution with per-axis scaling. It needs no PyTorch: each backend module
+is imported only when that backend is asked for (or tried by "auto").
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
-from mdflow_ros.inference.backend import Backend, BackendUnavailable
-from mdflow_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
-from mdflow_ros.inference.torch_backend import TorchBackend
+from mdflow_ros.inference.backend import BACKENDS, Backend, BackendUnavailable
 
 LOG = logging.getLogger("mdflow_ros.inference")
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-DEFAULT_TEACHER = WEIGHTS_DIR / "teacher_fastflownet.pt"
-SHIPPED_MODELS = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt"}
+WEIGHTS_VARIABLE = "MDFLOW_WEIGHTS"
+"""Environment variable naming the folder of the shipped models (default: the package's weights/)."""
+SHIPPED_FILES = {"teacher": "teacher_fastflownet.pt", "student": "student_raft.pt"}
 """The trained models shipped in the package, by the name a user may give instead of a path."""
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
 
 
 class ModelNotShippedError(FileNotFoundError):
@@ -49,9 +49,19 @@ class FlowResult:
         return iter((self.flow, self.confidence))
 
 
+def weights_dir() -> Path:
+    """The folder of the shipped models: $MDFLOW_WEIGHTS, or mdflow_ros/weights/."""
+    return Path(os.environ.get(WEIGHTS_VARIABLE) or Path(__file__).resolve().parents[1] / "weights")
+
+
+def shipped_model(name: str) -> Path:
+    """Where the shipped model ``name`` ("teacher" or "student") is, whether or not it is there."""
+    return weights_dir() / SHIPPED_FILES[name]
+
+
 def default_model(name: str = "teacher") -> Path:
     """The shipped model ``name`` ("teacher" or "student"), or ModelNotShippedError saying what to do instead."""
-    path = SHIPPED_MODELS[name]
+    path = shipped_model(name)
     if not path.is_file():
         raise ModelNotShippedError(
             f"no trained {name} model is shipped in this installation (expected {path}). "
@@ -63,12 +73,12 @@ def default_model(name: str = "teacher") -> Path:
 def resolve_model(model: str | Path | None) -> Path:
     """The model file meant by ``model``: None or "" is the shipped teacher, "teacher" or "student"
     a shipped model, anything else a path that must exist."""
-    if model is None or str(model) in ("", *SHIPPED_MODELS):
+    if model is None or str(model) in ("", *SHIPPED_FILES):
         return default_model(str(model or "teacher"))
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist (or give one of the shipped models: "
-                                f"{', '.join(SHIPPED_MODELS)})")
+                                f"{', '.join(SHIPPED_FILES)})")
     return path
 
 
@@ -123,7 +133,7 @@ class FlowEstimator:
     threads: intra-op CPU threads (None: the library default).
     """
 
-    def __init__(self, backend: str = "auto", model: str | Path | torch.nn.Module | None = None,
+    def __init__(self, backend: str = "auto", model: str | Path | Any = None,
                  input_size: tuple[int, int] | None = None, confidence: bool = True,
                  threads: int | None = None, device: str = "cpu"):
         if backend not in BACKENDS:
@@ -132,13 +142,14 @@ class FlowEstimator:
             h, w = input_size
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
                 raise ValueError(f"input_size must be positive multiples of {SIZE_MULTIPLE}, got {input_size}")
-        if isinstance(model, torch.nn.Module):
+        if model is None or isinstance(model, (str, Path)):
+            self.model_path = resolve_model(model)
+            self.model = self.model_path
+        else:
             if backend != "pytorch":
                 raise ValueError("a network instance runs on the pytorch backend only; save it to a model file for others")
             self.model_path = Path(f"<{type(model).__name__} in memory>")
-        else:
-            self.model_path = resolve_model(model)
-        self.model = model if isinstance(model, torch.nn.Module) else self.model_path
+            self.model = model
         self.input_size = input_size
         self.with_confidence = confidence
         self.backend: Backend = self._open_backend(backend, threads, device)
@@ -146,11 +157,12 @@ class FlowEstimator:
         LOG.info("FlowEstimator: %s (model %s)", self.backend.description, self.model_path.name)
 
     def _open_backend(self, backend: str, threads: int | None, device: str) -> Backend:
+        path, conf = self.model_path, self.with_confidence
         makers = {
-            "tensorrt": lambda: _tensorrt_backend(self.model_path, self.with_confidence, self.input_size),
-            "onnxruntime-gpu": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, gpu=True, threads=threads),
-            "onnxruntime": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, threads=threads),
-            "pytorch": lambda: TorchBackend(self.model, self.with_confidence, device=device, threads=threads),
+            "tensorrt": lambda: _backend_class("tensorrt")(path, conf, self.input_size),
+            "onnxruntime-gpu": lambda: _backend_class("onnxruntime")(path, conf, gpu=True, threads=threads),
+            "onnxruntime": lambda: _backend_class("onnxruntime")(path, conf, threads=threads),
+            "pytorch": lambda: _backend_class("pytorch")(self.model, conf, device=device, threads=threads),
         }
         if backend != "auto":
             return makers[backend]()
@@ -209,10 +221,21 @@ def _flow_to_input(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack((u, v), axis=2)
 
 
-def _tensorrt_backend(model_path: Path, with_confidence: bool, input_size: tuple[int, int] | None) -> Backend:
-    """The TensorRT backend (imported lazily: TensorRT and PyCUDA load only here)."""
+_BACKEND_CLASSES = {
+    "tensorrt": ("tensorrt_backend", "TensorRTBackend", "TensorRT, PyCUDA and onnx"),
+    "onnxruntime": ("onnxruntime_backend", "OnnxRuntimeBackend", "ONNX Runtime"),
+    "pytorch": ("torch_backend", "TorchBackend", "PyTorch"),
+}
+"""Backend name -> (module in mdflow_ros.inference, class, what it needs)."""
+
+
+def _backend_class(name: str) -> type:
+    """The class of backend ``name``, its module imported only now (so only its own library loads).
+
+    BackendUnavailable when that module cannot be imported (its library is not installed).
+    """
+    module, cls, needs = _BACKEND_CLASSES[name]
     try:
-        from mdflow_ros.inference.tensorrt_backend import TensorRTBackend
+        return getattr(importlib.import_module(f"mdflow_ros.inference.{module}"), cls)
     except ImportError as err:
-        raise BackendUnavailable(f"TensorRT backend unavailable: {err}") from None
-    return TensorRTBackend(model_path, with_confidence, input_size)
+        raise BackendUnavailable(f"the {name} backend cannot be imported here ({err}); it needs {needs}") from None

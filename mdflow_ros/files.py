@@ -1,15 +1,22 @@
-"""Atomic file writes: a temporary file beside the target, flushed, then renamed over it.
+"""Files: atomic writes, SHA-256 digests, and the error for a model file that cannot be used.
 
-A reader (or a run resumed after a kill) never sees a half-written checkpoint, manifest or
-marker file.
+Writes go to a temporary file beside the target, flushed, then renamed over it, so a reader
+(or a run resumed after a kill) never sees a half-written checkpoint, manifest or marker
+file. Digests name model files, ONNX exports and engines. No PyTorch here: the deployed
+runtime uses this module.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, unsafe, or not a model of a known architecture."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -31,3 +38,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
