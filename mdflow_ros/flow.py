@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mdflow_ros.conventions import ALIGN_CORNERS, CENSUS_RADIUS, DIV_FLOW, GRAY_WEIGHTS, OCC_BIAS, OCC_SCALE, RELIABLE_TAU
+from mdflow_ros.conventions import (ALIGN_CORNERS, CENSUS_RADIUS, DIV_FLOW, GRAY_WEIGHTS, OCC_BIAS, OCC_SCALE,
+                                    RELIABLE_TAU)
 
 
 def normalize_pair(img1: torch.Tensor, img2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

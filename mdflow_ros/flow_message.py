@@ -3,28 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mdflow_ros.io.ros_image import array_to_image
 from mdflow_ros.msg import OpticalFlow
-
-
-def scale_outputs(flow: np.ndarray, confidence: np.ndarray | None,
-                  scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize flow (H, W, 2) and confidence (H, W) by ``scale``; flow values follow into the new pixels.
-
-    Area averaging; u is multiplied by new_width / W and v by new_height / H. scale 1 returns the inputs.
-    """
-    height, width = flow.shape[:2]
-    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    if (out_h, out_w) == (height, width):
-        return flow, confidence
-    flow = cv2.resize(flow, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    flow *= np.array([out_w / width, out_h / height], np.float32)
-    if confidence is not None:
-        confidence = cv2.resize(confidence, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    return flow, confidence
 
 
 def flow_message(header: Any, previous_stamp: Any, flow: np.ndarray, confidence: np.ndarray | None,

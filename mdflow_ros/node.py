@@ -31,9 +31,8 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from mdflow_ros.conventions import MIN_FRAME_SIDE
 from mdflow_ros.files import file_sha256
-from mdflow_ros.flow_message import flow_message, scale_outputs
+from mdflow_ros.flow_message import flow_message
 from mdflow_ros.flow_stats import COUNTERS, FlowStats
 from mdflow_ros.frame_pairing import NS_PER_S, FrameInfo, PairTracker
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
@@ -203,8 +202,6 @@ class FlowNode(Node):
             pixels, encoding = estimator_input(pixels, msg.encoding)
             source_encoding = msg.encoding
         height, width = pixels.shape[:2]
-        if height < MIN_FRAME_SIDE or width < MIN_FRAME_SIDE:
-            raise ImageDecodeError(f"image is {width}x{height}; both sides must be at least {MIN_FRAME_SIDE} px", "small")
         stamp = msg.header.stamp
         return FrameInfo(stamp.sec * NS_PER_S + stamp.nanosec, height, width, source_encoding), pixels, encoding
 
@@ -225,14 +222,15 @@ class FlowNode(Node):
         if step.previous is None:
             return
         previous_header, previous_pixels = step.previous
+        scale = self._runtime["output_scale"]
         try:
-            result = self.estimator.estimate(previous_pixels, pixels, encoding)
-        except InputError as err:
+            result = self.estimator.estimate(previous_pixels, pixels, encoding, output_scale=scale)
+        except InputError as err:  # e.g. frames smaller than the estimator accepts
             self.stats.count("bad")
             self._pairs.forget()
             self._warn("pair", f"ignoring a bad image pair: {err}")
             return
-        self._publish(msg.header, previous_header.stamp, result.flow, result.confidence, received_s)
+        self._publish(msg.header, previous_header.stamp, result.flow, result.confidence, scale, received_s)
 
     def _warn(self, kind: str, text: str) -> None:
         """A warning, at most one per WARN_THROTTLE_S for each kind of problem (worker thread only)."""
@@ -242,10 +240,8 @@ class FlowNode(Node):
             self.get_logger().warning(text)
 
     def _publish(self, header: Any, previous_stamp: Any, flow: np.ndarray, confidence: np.ndarray | None,
-                 received_s: float) -> None:
-        """Publish the OpticalFlow and whichever standard views have subscribers."""
-        scale = self._runtime["output_scale"]
-        flow, confidence = scale_outputs(flow, confidence, scale)
+                 scale: float, received_s: float) -> None:
+        """Publish the OpticalFlow (flow and confidence already at ``scale``) and the standard views with subscribers."""
         out = flow_message(header, previous_stamp, flow, confidence, scale, self.model,
                            self.estimator.backend.description, self.estimator.last_inference_s)
         out.processing_time = time.monotonic() - received_s

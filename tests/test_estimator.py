@@ -9,7 +9,8 @@ from skimage import data
 
 from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.inference import BackendUnavailable, FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.estimator import SHIPPED_FILES, _flow_to_input, network_size, resolve_model, shipped_model
+from mdflow_ros.inference.estimator import (SHIPPED_FILES, network_size, resize_flow, resize_map, resolve_model,
+                                           shipped_model)
 from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
@@ -81,11 +82,27 @@ def test_bgr_and_mono_inputs_are_converted(estimator, photos):
 
 
 def test_flow_is_scaled_per_axis_when_mapped_back():
-    net_flow = np.stack((np.full((64, 128), 2.0, np.float32), np.full((64, 128), 1.0, np.float32)))
-    out = _flow_to_input(net_flow, 128, 64)
+    net_flow = np.stack((np.full((64, 128), 2.0, np.float32), np.full((64, 128), 1.0, np.float32)), axis=2)
+    out = resize_flow(net_flow, 128, 64)
     np.testing.assert_allclose(out[..., 0], 1.0)
     np.testing.assert_allclose(out[..., 1], 2.0)
     assert network_size(436, 1024) == (448, 1024) and network_size(70, 90) == (64, 64)
+
+
+def test_shrinking_averages_and_scales_flow_values_with_the_image():
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 8.0, -4.0
+    conf = np.full((48, 64), 0.75, np.float32)
+    small, small_conf = resize_flow(flow, 24, 32, area=True), resize_map(conf, 24, 32, area=True)
+    assert small.shape == (24, 32, 2) and np.allclose(small[..., 0], 4.0) and np.allclose(small[..., 1], -2.0)
+    assert np.allclose(small_conf, 0.75)
+
+
+def test_output_scale_returns_smaller_maps_in_their_own_pixels(estimator, photos):
+    full = estimator.estimate(*photos)
+    half = estimator.estimate(*photos, output_scale=0.5)
+    assert half.flow.shape == (120, 160, 2) and half.confidence.shape == (120, 160)
+    np.testing.assert_allclose(half.flow, resize_flow(full.flow, 120, 160, area=True), atol=0.05)
 
 
 def test_onnx_runtime_matches_pytorch_on_real_images(model_file, photos, tmp_path, monkeypatch):

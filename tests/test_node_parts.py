@@ -157,18 +157,14 @@ def test_large_data_environment_respects_existing_transport_choices():
     assert large_data_environment(mine) == mine
 
 
-def test_flow_message_scales_flow_values_with_the_image(built_msgs):
+def test_flow_message_carries_the_flow_and_the_header_of_the_newer_frame(built_msgs):
     from std_msgs.msg import Header
 
-    from mdflow_ros.flow_message import flow_message, scale_outputs
+    from mdflow_ros.flow_message import flow_message
     from mdflow_ros.io.ros_image import image_to_array
 
-    flow = np.zeros((48, 64, 2), np.float32)
-    flow[..., 0], flow[..., 1] = 8.0, -4.0
-    conf = np.full((48, 64), 0.75, np.float32)
-    small, small_conf = scale_outputs(flow, conf, 0.5)
-    assert small.shape == (24, 32, 2) and np.allclose(small[..., 0], 4.0) and np.allclose(small[..., 1], -2.0)
-    assert np.allclose(small_conf, 0.75)
+    small = np.zeros((24, 32, 2), np.float32)
+    small[..., 0], small[..., 1] = 4.0, -2.0
     header = Header(frame_id="cam")
     header.stamp.sec = 7
     msg = flow_message(header, header.stamp, small, None, 0.5, "m.pt@00", "test backend", 0.01)
@@ -192,9 +188,9 @@ def test_the_worker_pairs_previous_then_current_and_never_across_a_reset(make_no
     calls = []
     estimate = node.estimator.estimate
 
-    def recording(img1, img2, encoding):
+    def recording(img1, img2, encoding, **options):
         calls.append((int(img1[0, 0, 0]), int(img2[0, 0, 0]), encoding))
-        return estimate(img1, img2, encoding)
+        return estimate(img1, img2, encoding, **options)
 
     node.estimator.estimate = recording
 

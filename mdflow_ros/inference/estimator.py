@@ -177,14 +177,17 @@ class FlowEstimator:
             return chosen
         raise BackendUnavailable("no backend could run this model: " + "; ".join(reasons))
 
-    def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8") -> FlowResult:
-        """Flow from img1 to img2 (and its confidence), at the frames' resolution.
+    def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8",
+                 output_scale: float = 1.0) -> FlowResult:
+        """Flow from img1 to img2 (and its confidence), at the frames' resolution times ``output_scale``.
 
         img1, img2: (H, W, 3) uint8 RGB (or BGR with encoding="bgr8"), or (H, W) mono8;
         both the same size, each side at least 64 px. Returns a FlowResult (unpacks as
-        ``flow, confidence``): flow (H, W, 2) float32 in pixels, (u, v) = where each pixel
-        of img1 moves to in img2; confidence (H, W) float32 in [0, 1] (> 0.5: a reliable
-        match by MDFlow's forward-backward and census checks), None when disabled.
+        ``flow, confidence``): flow (h, w, 2) float32 in pixels of that size, (u, v) = where
+        each pixel of img1 moves to in img2; confidence (h, w) float32 in [0, 1] (> 0.5: a
+        reliable match by MDFlow's forward-backward and census checks), None when disabled.
+        (h, w) is (H, W) scaled by output_scale and rounded: the network's output is resized
+        once, straight to it.
         """
         a = to_rgb_float(img1, encoding, "img1")
         b = to_rgb_float(img2, encoding, "img2")
@@ -196,7 +199,10 @@ class FlowEstimator:
         start = time.perf_counter()
         flow, conf = self.backend.run(batch1, batch2)
         self.last_inference_s = time.perf_counter() - start
-        return FlowResult(_flow_to_input(flow[0], height, width), None if conf is None else _map_to_input(conf[0], height, width))
+        out_h, out_w = max(1, round(height * output_scale)), max(1, round(width * output_scale))
+        area = output_scale < 1.0 and out_h < nh and out_w < nw
+        return FlowResult(resize_flow(flow[0].transpose(1, 2, 0), out_h, out_w, area),
+                          None if conf is None else resize_map(conf[0], out_h, out_w, area))
 
 
 def _to_batch(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -206,19 +212,25 @@ def _to_batch(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
 
 
-def _map_to_input(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) map -> (height, width) float32, bilinear."""
-    if values.shape != (height, width):
-        values = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+def resize_map(values: np.ndarray, height: int, width: int, area: bool = False) -> np.ndarray:
+    """A map (h, w) or (h, w, C) -> (height, width[, C]) float32: bilinear, or area averaging with ``area``.
+
+    ``area`` is for shrinking (it averages the pixels each output pixel covers).
+    """
+    if values.shape[:2] != (height, width):
+        interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+        values = cv2.resize(np.ascontiguousarray(values), (width, height), interpolation=interpolation)
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _flow_to_input(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(2, h, w) flow in network pixels -> (height, width, 2) in input pixels (per-axis scaling)."""
-    h, w = flow.shape[1:]
-    u = _map_to_input(flow[0], height, width) * (width / w)
-    v = _map_to_input(flow[1], height, width) * (height / h)
-    return np.stack((u, v), axis=2)
+def resize_flow(flow: np.ndarray, height: int, width: int, area: bool = False) -> np.ndarray:
+    """A flow (h, w, 2) in pixels -> (height, width, 2) in pixels of the new size.
+
+    The one flow resize of the runtime: resize_map's interpolation, then u times width / w and
+    v times height / h.
+    """
+    h, w = flow.shape[:2]
+    return resize_map(flow, height, width, area) * np.array([width / w, height / h], np.float32)
 
 
 _BACKEND_CLASSES = {
