@@ -24,6 +24,6 @@ setup(
     extras_require={"ros": ROS, "train": TRAIN, "gpu": GPU, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
-        "flow_node = mdflow_ros.node:main",
+        "flow_node = mdflow_ros.ros.node:main",
     ]},
 )

@@ -1,18 +1,16 @@
 """Shared pieces of the node tests: the built message, a model file, and isolated ROS 2 processes.
 
 Test modules load the fixtures with ``pytest_plugins = ["node_fixtures"]`` and import the helpers.
-Every ROS process gets the Fast DDS large-data transport, discovery limited to this host,
+Processes are started and driven through mdflow_ros.ros.harness (as the demo and the benchmark
+do): every ROS process gets the Fast DDS large-data transport, discovery limited to this host,
 and a ROS_DOMAIN_ID of its test module's own, so parallel runs do not hear each other.
 """
 from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
 import sys
-import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mdflow_ros.ros_env import large_data_environment
+from mdflow_ros.ros import harness
+from mdflow_ros.ros.dds_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, photo_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,64 +123,22 @@ def flow_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
 
 def domain_id(module_name: str) -> int:
     """A ROS_DOMAIN_ID in [1, 100] from the pid and the module, so concurrent runs do not collide."""
-    return 1 + (os.getpid() * 31 + zlib.crc32(module_name.encode())) % 100
+    return harness.private_domain(module_name)
 
 
 def ros_environment(domain: int, cache_dir: Path | None = None) -> dict[str, str]:
     """Environment of every ROS process of a test: own domain, localhost discovery, large-data transport."""
-    env = large_data_environment({k: v for k, v in os.environ.items()
-                                  if k not in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE")})
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
-               RCUTILS_LOGGING_BUFFERED_STREAM="0", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                                                              env.get("PYTHONPATH")])))
-    env.pop("ROS_LOCALHOST_ONLY", None)
+    env = harness.session_environment(domain, {k: v for k, v in os.environ.items()
+                                               if k not in (TRANSPORT_VARIABLE, PROFILE_VARIABLE)})
     if cache_dir is not None:
         env["MDFLOW_CACHE"] = str(cache_dir)
     return env
 
 
-class RosProcess:
-    """A child process (python -m ...) with its output in a log file; stopped with SIGINT, then killed."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        """Everything the process printed so far."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the process to exit by itself; returns its exit code (TimeoutExpired otherwise)."""
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGINT, wait, then SIGKILL; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        self._log.close()
-        return self.proc.returncode
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, period: float = 0.05) -> None:
     """Poll ``condition`` until it holds; fail the test with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(period)
+    if not harness.wait_until(condition, timeout, period):
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def rss_mb(pid: int) -> float:
@@ -193,109 +150,15 @@ def rss_mb(pid: int) -> float:
 
 
 def write_params(path: Path, test_model: TestModel, **overrides: object) -> Path:
-    """config/flow.yaml with the test's model, network size and overrides (dotted names), written to ``path``."""
-    import yaml
-
-    config = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
-    params = config["/**"]["ros__parameters"]
-    params.update(model=str(test_model.path), input_height=test_model.net_size[0], input_width=test_model.net_size[1],
-                  threads=1)
-    for key, value in overrides.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def epe_against(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
-    """Mean end-point error (px) of flow against gt over valid pixels."""
-    from mdflow_ros.metrics import epe
-
-    return epe(flow, gt, valid)
-
-
-class Receiver:
-    """An rclpy node in the test process (own context and domain) that records what the flow node publishes."""
-
-    def __init__(self, domain: int, namespace: str = ""):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        from mdflow_ros.msg import OpticalFlow
-
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node("test_receiver", namespace=namespace or None, context=self.context)
-        self.qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.flows: list[tuple[float, OpticalFlow]] = []
-        self.diagnostics: list[DiagnosticArray] = []
-        self.views: dict[str, list] = {}
-        self.view_subscriptions: dict[str, object] = {}
-        self.flow_sub = self.node.create_subscription(
-            OpticalFlow, "optical_flow", lambda m: self.flows.append((time.monotonic(), m)), self.qos)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = __import__("threading").Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def subscribe_view(self, topic: str) -> list:
-        """Record sensor_msgs/Image messages of ``topic`` (e.g. optical_flow/color)."""
-        from sensor_msgs.msg import Image
-
-        self.views[topic] = []
-        self.view_subscriptions[topic] = self.node.create_subscription(Image, topic, self.views[topic].append, self.qos)
-        return self.views[topic]
-
-    def diagnostic_values(self) -> dict[str, str]:
-        """Key/values of the newest /diagnostics status of the flow node."""
-        for array in reversed(self.diagnostics):
-            for status in array.status:
-                if "optical flow" in status.name:
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
-
-    def parameter_client(self, node_name: str):
-        from rclpy.parameter_client import AsyncParameterClient
-
-        return AsyncParameterClient(self.node, node_name)
-
-    def wait_future(self, future, timeout: float):
-        """Result of an rclpy future completed by the spinning executor."""
-        wait_until(future.done, timeout, "a service response")
-        return future.result()
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        self._thread.join(timeout=5.0)
-
-
-def stamp_ns(stamp) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
+    """A parameter file with the test's model, network size, one thread and ``overrides``, written to ``path``."""
+    return harness.write_params(path, **{"model": str(test_model.path), "input_height": test_model.net_size[0],
+                                         "input_width": test_model.net_size[1], "threads": 1, **overrides})
 
 
 def play(plan, tmp_path: Path, env: dict[str, str], topic: str, rate: float = 30.0, timeout: float = 60.0,
          extra: tuple[str, ...] = ()) -> list[dict]:
     """Play ``plan`` with the frame player in its own process; returns its log of sent messages."""
-    import json
-
-    name = f"plan_{time.monotonic_ns()}"
-    plan.save(tmp_path / f"{name}.npz")
-    log = tmp_path / f"{name}.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "mdflow_ros.frame_player", str(tmp_path / f"{name}.npz"),
-                           "--topic", topic, "--rate", str(rate), "--log", str(log), *extra],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"frame player failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return harness.play_plan(plan, tmp_path, env, topic, rate, timeout, extra)
 
 
 @dataclass
@@ -319,10 +182,8 @@ def ros(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """The module's domain and environment, also applied to this process (for its receiver) while the module runs."""
     domain = domain_id(request.module.__name__)
     env = ros_environment(domain, mdflow_cache)
-    keys = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-            "ROS_LOCALHOST_ONLY", "ROS_DOMAIN_ID")
     with pytest.MonkeyPatch.context() as patch:
-        for key in keys:
+        for key in harness.DDS_KEYS:
             if key in env:
                 patch.setenv(key, env[key])
             else:
@@ -330,7 +191,6 @@ def ros(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield RosSetup(domain, env, tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
 
 
-def start_node(ros: RosSetup, params: Path, name: str, *ros_args: str) -> RosProcess:
+def start_node(ros: RosSetup, params: Path, name: str, *ros_args: str) -> harness.NodeProcess:
     """python -m mdflow_ros.node with a params file and extra --ros-args, logging to ros.tmp/name.log."""
-    return RosProcess(["-m", "mdflow_ros.node", "--ros-args", "--params-file", str(params), *ros_args],
-                      ros.env, ros.tmp / f"{name}.log")
+    return harness.start_node(params, ros.env, ros.tmp / f"{name}.log", *ros_args)

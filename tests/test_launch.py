@@ -1,7 +1,7 @@
 """launch/flow.launch.py: its arguments and what it starts.
 
 ROS launch (launch, launch_ros) is not on PyPI, so the launch file itself is only loaded where
-it is importable; everywhere, its decisions (mdflow_ros/launch_args.py) are checked, and the
+it is importable; everywhere, its decisions (mdflow_ros/ros/launch_args.py) are checked, and the
 node is started exactly as the launch file would start it and must work.
 """
 import ast
@@ -12,11 +12,12 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.register_assert_rewrite("node_fixtures")
 
-from mdflow_ros.frame_player import Plan  # noqa: E402
-from mdflow_ros.launch_args import LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
-from mdflow_ros.ros_env import PROFILE_VARIABLE  # noqa: E402
-from node_fixtures import (ROOT, Receiver, RosProcess, known_motion_pairs, play, stamp_ns, wait_until,  # noqa: E402
-                           write_params)
+from mdflow_ros.ros.dds_env import PROFILE_VARIABLE  # noqa: E402
+from mdflow_ros.ros.frame_player import Plan  # noqa: E402
+from mdflow_ros.ros.harness import NodeLink, NodeProcess  # noqa: E402
+from mdflow_ros.ros.launch_args import LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
+from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
+from node_fixtures import ROOT, known_motion_pairs, play, wait_until, write_params  # noqa: E402
 
 pytest_plugins = ["node_fixtures"]
 
@@ -77,11 +78,11 @@ def test_the_node_started_as_the_launch_file_starts_it_works(ros, flow_model):
     spec = flow_node_launch(ROOT, "/launch_cam/image_raw", str(params), "onnxruntime", "robot2")
     env = {**ros.env, **spec.environment}
     assert env[PROFILE_VARIABLE] == str(ROOT / "config" / "fastdds_large_data.xml")
-    node = RosProcess(["-m", "mdflow_ros.node", *spec.ros_args()], env, ros.tmp / "launched.log")
+    node = NodeProcess(["-m", "mdflow_ros.node", *spec.ros_args()], env, ros.tmp / "launched.log")
     try:
         wait_until(lambda: "subscribed to" in node.output() or not node.alive(), 120, "the node to start")
         assert "subscribed to /launch_cam/image_raw; publishing /robot2/optical_flow" in node.output()
-        rx = Receiver(ros.domain, namespace="/robot2")
+        rx = NodeLink(ros.domain, namespace="/robot2")
         try:
             wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
             pair = known_motion_pairs()[7]

@@ -15,12 +15,14 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.register_assert_rewrite("node_fixtures")
 
-from mdflow_ros.frame_player import ZERO_SIZE, Plan  # noqa: E402
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
+from mdflow_ros.ros.frame_player import ZERO_SIZE, Plan  # noqa: E402
+from mdflow_ros.ros.harness import NodeLink  # noqa: E402
+from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
 from mdflow_ros.synthetic import camera_motion_pair, photo_library  # noqa: E402
-from node_fixtures import (Receiver, known_motion_pairs, play, rss_mb, stamp_ns, start_node,  # noqa: E402
-                           wait_until, write_params)
+from node_fixtures import (known_motion_pairs, play, rss_mb, start_node, wait_until,  # noqa: E402
+                           write_params)
 
 pytest_plugins = ["node_fixtures"]
 
@@ -45,7 +47,7 @@ def node(ros, flow_model):
 
 @pytest.fixture(scope="module")
 def receiver(ros, node):
-    rx = Receiver(ros.domain)
+    rx = NodeLink(ros.domain)
     try:
         wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
         yield rx
@@ -70,7 +72,7 @@ def burst_plan(pair_indices, encode=lambda img: (img, None)) -> Plan:
     return Plan(frames, steps)
 
 
-def received_after(rx: Receiver, count: int, start: int, timeout: float = 20.0) -> list:
+def received_after(rx: NodeLink, count: int, start: int, timeout: float = 20.0) -> list:
     wait_until(lambda: len(rx.flows) - start >= count, timeout, f"{count} OpticalFlow messages")
     return [m for _, m in rx.flows[start:]]
 
@@ -136,13 +138,18 @@ def test_every_accepted_encoding_gives_flow(ros, receiver, encoding):
 def test_parameters_match_the_yaml_and_output_scale_changes_at_run_time(ros, receiver):
     from rclpy.parameter import Parameter
 
-    from mdflow_ros.ros_params import PARAMETERS
+    from mdflow_ros.ros.params import PARAMETERS
 
     client = receiver.parameter_client("/flow_node")
     assert client.wait_for_services(timeout_sec=10.0)
     names = set(receiver.wait_future(client.list_parameters(), 10).result.names)
     builtin = {"use_sim_time", "start_type_description_service"}
-    assert names - builtin == {spec.name for spec in PARAMETERS}
+    qos = {name for name in names if name.startswith("qos_overrides.")}
+    assert names - builtin - qos == {spec.name for spec in PARAMETERS}
+    policies = ("history", "depth", "reliability")
+    assert qos == {f"qos_overrides.{topic}.{kind}.{policy}" for policy in policies for topic, kind in
+                   [(TOPIC, "subscription")] + [(f"/optical_flow{view}", "publisher")
+                                                for view in ("", "/flow", "/confidence", "/color")]}
 
     result = receiver.wait_future(client.set_parameters([Parameter("output_scale", value=0.5)]), 10)
     assert result.results[0].successful

@@ -9,11 +9,11 @@ import yaml
 pytest.importorskip("rclpy")
 pytest.register_assert_rewrite("node_fixtures")
 
-from mdflow_ros.flow_stats import FlowStats  # noqa: E402
-from mdflow_ros.frame_pairing import FrameInfo, PairTracker, pair_break  # noqa: E402
-from mdflow_ros.mailbox import LatestOnly  # noqa: E402
-from mdflow_ros.ros_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE, large_data_environment  # noqa: E402
-from mdflow_ros.ros_params import PARAMETERS, ParameterError, declare_parameters  # noqa: E402
+from mdflow_ros.ros.dds_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE, large_data_environment  # noqa: E402
+from mdflow_ros.ros.mailbox import LatestOnly  # noqa: E402
+from mdflow_ros.ros.pairing import FrameInfo, PairTracker, pair_break  # noqa: E402
+from mdflow_ros.ros.params import PARAMETERS, ParameterError, declare_parameters  # noqa: E402
+from mdflow_ros.ros.stats import FlowStats  # noqa: E402
 from node_fixtures import ROOT, domain_id, wait_until  # noqa: E402
 
 pytest_plugins = ["node_fixtures"]
@@ -160,8 +160,8 @@ def test_large_data_environment_respects_existing_transport_choices():
 def test_flow_message_carries_the_flow_and_the_header_of_the_newer_frame(built_msgs):
     from std_msgs.msg import Header
 
-    from mdflow_ros.flow_message import flow_message
     from mdflow_ros.io.ros_image import image_to_array
+    from mdflow_ros.ros.message import flow_message
 
     small = np.zeros((24, 32, 2), np.float32)
     small[..., 0], small[..., 1] = 4.0, -2.0
@@ -179,7 +179,7 @@ def test_the_worker_pairs_previous_then_current_and_never_across_a_reset(make_no
     from rclpy.parameter import Parameter
 
     from mdflow_ros.io.ros_image import array_to_image
-    from mdflow_ros.node import FlowNode
+    from mdflow_ros.ros.node import FlowNode
 
     probe = make_node()
     node = FlowNode(context=probe.context, enable_rosout=False, parameter_overrides=[
@@ -215,3 +215,42 @@ def test_the_worker_pairs_previous_then_current_and_never_across_a_reset(make_no
         node.close()
         node.destroy_node()
     assert calls == [(10, 20, "bgr8"), (30, 40, "bgr8")]
+
+
+def test_qos_follows_the_standard_overrides_and_a_bad_one_stops_the_node(make_node, flow_model, built_msgs):
+    """REP-2003 defaults, changed per topic through ROS 2's qos_overrides.<topic>.* parameters (read-only)."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from mdflow_ros.ros.node import FlowNode, StartupError
+
+    probe = make_node()
+    base = [Parameter("model", value=str(flow_model.path)), Parameter("backend", value="pytorch"),
+            Parameter("input_height", value=64), Parameter("input_width", value=128)]
+    overrides = {"qos_overrides./image.subscription.reliability": "reliable",
+                 "qos_overrides./image.subscription.depth": 3,
+                 "qos_overrides./optical_flow.publisher.reliability": "best_effort"}
+    node = FlowNode(context=probe.context, enable_rosout=False,
+                    parameter_overrides=base + [Parameter(k, value=v) for k, v in overrides.items()])
+    try:
+        assert (node._sub.qos_profile.reliability, node._sub.qos_profile.depth) == (ReliabilityPolicy.RELIABLE, 3)
+        assert node._pub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+        assert node._pub_flow.qos_profile.reliability == ReliabilityPolicy.RELIABLE, "the other topics keep theirs"
+        assert node.describe_parameter("qos_overrides./image.subscription.depth").read_only
+        refused = node.set_parameters([Parameter("qos_overrides./image.subscription.depth", value=5)])[0]
+        assert not refused.successful
+    finally:
+        node.close()
+        node.destroy_node()
+    defaults = FlowNode(context=probe.context, enable_rosout=False, parameter_overrides=base)
+    try:
+        assert (defaults._sub.qos_profile.reliability, defaults._sub.qos_profile.depth) == (
+            ReliabilityPolicy.BEST_EFFORT, 1)
+        assert (defaults._pub.qos_profile.reliability, defaults._pub.qos_profile.depth) == (
+            ReliabilityPolicy.RELIABLE, 1)
+    finally:
+        defaults.close()
+        defaults.destroy_node()
+    bad = [Parameter("qos_overrides./optical_flow.publisher.reliability", value="sometimes")]
+    with pytest.raises(StartupError, match="qos_overrides parameter cannot be used.*sometimes"):
+        FlowNode(context=probe.context, enable_rosout=False, parameter_overrides=base + bad)

@@ -8,11 +8,13 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.register_assert_rewrite("node_fixtures")
 
-from mdflow_ros.frame_player import Plan  # noqa: E402
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
-from node_fixtures import (SHIPPED_MODEL, Receiver, known_motion_pairs, play, stamp_ns, start_node,  # noqa: E402
-                           wait_until, write_params)
+from mdflow_ros.ros.frame_player import Plan  # noqa: E402
+from mdflow_ros.ros.harness import NodeLink  # noqa: E402
+from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
+from node_fixtures import (SHIPPED_MODEL, known_motion_pairs, play, start_node, wait_until,  # noqa: E402
+                           write_params)
 
 pytest_plugins = ["node_fixtures"]
 
@@ -59,7 +61,7 @@ def test_fallback_backend_namespace_and_compressed_input(ros, flow_model):
         out = node.output()
         assert "backend 'tensorrt' failed to load" in out and "falling back to 'onnxruntime'" in out
         assert "subscribed to /robot1/camera/image_raw/compressed; publishing /robot1/optical_flow" in out
-        rx = Receiver(ros.domain, namespace="/robot1")
+        rx = NodeLink(ros.domain, namespace="/robot1")
         try:
             wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
             pair = known_motion_pairs()[6]

@@ -1,6 +1,6 @@
 """Play frames to a ROS 2 image topic at a steady rate with fresh stamps, and log what was sent.
 
-    python -m mdflow_ros.frame_player PLAN.npz --topic /camera/image_raw --rate 30 --log sent.jsonl
+    python -m mdflow_ros.ros.frame_player PLAN.npz --topic /camera/image_raw --rate 30 --log sent.jsonl
 
 A plan is a set of frames (numpy images) and a list of steps, each publishing one frame as a
 sensor_msgs/Image stamped with the current ROS time (or, with --compressed png|jpeg, as a
@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mdflow_ros.io.ros_image import array_to_image
+from mdflow_ros.ros.pairing import stamp_ns
 
 ZERO_SIZE = -1
 """Frame index of a step that sends a 0 x 0 image."""
@@ -135,8 +136,8 @@ class FramePlayer:
             msg.header.stamp = self.node.get_clock().now().to_msg()
             sent = time.monotonic()
             self.publisher.publish(msg)
-            record = {"step": index, "frame": step["frame"], "stamp_ns": msg.header.stamp.sec * 1_000_000_000
-                      + msg.header.stamp.nanosec, "encoding": getattr(msg, "encoding", self.compressed),
+            record = {"step": index, "frame": step["frame"], "stamp_ns": stamp_ns(msg.header.stamp),
+                      "encoding": getattr(msg, "encoding", self.compressed),
                       "height": getattr(msg, "height", None), "width": getattr(msg, "width", None),
                       "sent_monotonic": sent}
             records.append(record)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import rclpy
 
-    from mdflow_ros.ros_env import use_large_data_transport
+    from mdflow_ros.ros.dds_env import use_large_data_transport
 
     use_large_data_transport()
     rclpy.init(args=[sys.argv[0], *ros_args])

@@ -13,6 +13,11 @@ from typing import Any
 NS_PER_S = 1_000_000_000
 
 
+def stamp_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time as integer nanoseconds."""
+    return stamp.sec * NS_PER_S + stamp.nanosec
+
+
 @dataclass(frozen=True)
 class FrameInfo:
     """What decides whether two frames can pair: stamp (ns), size (px) and encoding."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdflow_ros.inference.backend import BACKENDS
-from mdflow_ros.ros_env import PROFILE_NAME, PROFILE_VARIABLE
+from mdflow_ros.ros.dds_env import PROFILE_NAME, PROFILE_VARIABLE
 
 LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("image_topic", "/camera/image_raw",

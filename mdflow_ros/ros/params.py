@@ -2,7 +2,8 @@
 
 config/flow.yaml holds the same names and defaults (a test keeps the two equal). Read-only
 parameters are fixed when the node starts (they decide the model, the backend or the
-topics); the others can be changed at run time with ``ros2 param set``.
+topics); the others can be changed at run time with ``ros2 param set``. QoS is not here: rclpy
+declares ROS 2's standard ``qos_overrides.<topic>.*`` parameters for every topic (ros/node.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from mdflow_ros.inference.backend import BACKENDS
 
-RELIABILITIES = ("best_effort", "reliable")
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("color_max_flow", 0.0,
               "Flow length in pixels drawn fully saturated on optical_flow/color; 0: the longest vector of each "
               "frame.", read_only=False, float_range=(0.0, 10000.0)),
-    ParamSpec("qos.input.reliability", "best_effort",
-              "Reliability of the image subscription (REP-2003: best_effort, which matches any publisher).",
-              choices=RELIABILITIES),
-    ParamSpec("qos.input.depth", 1, "History depth of the image subscription (keep last).", int_range=(1, 100, 1)),
-    ParamSpec("qos.output.reliability", "reliable", "Reliability of the optical_flow publishers.",
-              choices=RELIABILITIES),
-    ParamSpec("qos.output.depth", 1, "History depth of the optical_flow publishers (keep last).",
-              int_range=(1, 100, 1)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", float_range=(0.1, 60.0)),
 )
 """Every parameter the flow node declares, in declaration order."""

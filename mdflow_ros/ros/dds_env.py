@@ -5,8 +5,8 @@ segment) are silently dropped at camera rates: a 640x480 rgb8 frame is 0.9 MB an
 flow 2.4 MB. config/fastdds_large_data.xml gives every participant a 64 MB shared-memory
 segment (plus UDP), which delivered every frame at 30 Hz here, where the builtin LARGE_DATA
 transports lost a third to a half of them under CPU load. Every process on both ends of such a
-topic needs it: the launch file, the demo and the tests set it, and the node sets it for
-itself when the user has configured no Fast DDS transports.
+topic needs it: the launch file and the harness (demo, benchmark, tests) set it, and the node
+sets it for itself when the user has configured no Fast DDS transports.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ PROFILE_NAME = "fastdds_large_data.xml"
 
 def large_data_profile() -> Path | None:
     """config/fastdds_large_data.xml: from the source tree, else from an installed share/mdflow_ros."""
-    candidates = [Path(__file__).resolve().parents[1] / "config" / PROFILE_NAME]
+    candidates = [Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME]
     prefixes = [*os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep), sys.prefix]
     candidates += [Path(p) / "share" / "mdflow_ros" / "config" / PROFILE_NAME for p in prefixes if p]
     return next((path for path in candidates if path.is_file()), None)
@@ -54,13 +54,3 @@ def use_large_data_transport() -> dict[str, str]:
     settings = large_data_settings()
     os.environ.update(settings)
     return settings
-
-
-def local_session_environment(domain: int) -> dict[str, str]:
-    """For a process that talks to a node it starts: the child's environment (large-data transport,
-    ROS domain ``domain``, discovery on this host only), also applied to this process's own DDS
-    settings (before rclpy.init)."""
-    env = large_data_environment()
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    os.environ.update({k: env[k] for k in env if k.startswith(("FASTDDS_", "ROS_"))})
-    return env

@@ -1,36 +1,33 @@
 """The demo: the real flow node on real frames with known motion, over DDS, with a scored summary.
 
-    python -m mdflow_ros.demo [--model PATH] [--out demo_out] [--pairs 6] [--backend auto]
+    python -m mdflow_ros.ros.demo [--model PATH] [--out demo_out] [--pairs 6] [--backend auto]
 
-It starts the node (python -m mdflow_ros.node) as its own process, plays real photos under
-known camera motion (mdflow_ros.synthetic) from a thread of this process as 30 Hz bursts of
-two frames, receives optical_flow, scores every flow against the exact ground truth (EPE,
-Fl-all, and the EPE of zero flow for scale), reports latency, and writes one picture per pair
-(frames, estimated and true flow in the colour wheel) plus summary.json to --out. Without
---model it uses the shipped model, and stops with a clear message while none ships.
+It starts the node (python -m mdflow_ros.node) as its own process through mdflow_ros.ros.harness,
+plays real photos under known camera motion (mdflow_ros.synthetic) from a thread of this process
+as 30 Hz bursts of two frames, receives optical_flow, scores every flow against the exact ground
+truth (EPE, Fl-all, and the EPE of zero flow for scale), reports latency, and writes one picture
+per pair (frames, estimated and true flow in the colour wheel) plus summary.json to --out.
+Without --model it uses the shipped model, and stops with a clear message while none ships.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from mdflow_ros.frame_player import FramePlayer, Plan
 from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.inference.estimator import ModelNotShippedError, resolve_model
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.metrics import FlowMetrics, epe
-from mdflow_ros.ros_env import local_session_environment
+from mdflow_ros.ros.frame_player import Plan
+from mdflow_ros.ros.harness import (NodeLink, private_domain, session_environment, start_node, use_session_environment,
+                                    wait_until, write_params)
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, fixed_demo_pair, photo_library
 
 TOPIC = "/mdflow_demo/image_raw"
@@ -64,68 +61,6 @@ def picture(pair: KnownMotionPair, flow: np.ndarray) -> np.ndarray:
                           cv2.LINE_AA) for p, text in zip(panels, labels)]
     grid = np.vstack([np.hstack(panels[:2]), np.hstack(panels[2:])])
     return cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)
-
-
-def write_node_params(path: Path, model: Path, backend: str, input_size: tuple[int, int], threads: int,
-                      confidence: bool = True) -> None:
-    """A parameter file for the demo's node (the rest keeps config/flow.yaml's defaults)."""
-    params = {"model": str(model), "backend": backend, "input_height": input_size[0], "input_width": input_size[1],
-              "threads": threads, "confidence": confidence}
-    lines = ["/**:", "  ros__parameters:"] + [f"    {k}: {json.dumps(v)}" for k, v in params.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-class FlowCollector:
-    """Receives optical_flow in this process; keyed by the stamp of the newer frame."""
-
-    def __init__(self, node):
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        from mdflow_ros.msg import OpticalFlow
-
-        self.by_stamp: dict[int, tuple[float, object]] = {}
-        self._lock = threading.Lock()
-        self.subscription = node.create_subscription(OpticalFlow, "/optical_flow", self._on_flow,
-                                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-
-    def _on_flow(self, msg) -> None:
-        with self._lock:
-            self.by_stamp[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = (time.monotonic(), msg)
-
-    def drain(self) -> dict[int, tuple[float, object]]:
-        """Everything received so far ({stamp_ns: (arrival monotonic s, message)}), forgotten here."""
-        with self._lock:
-            received, self.by_stamp = self.by_stamp, {}
-        return received
-
-    def wait_for(self, stamp: int, timeout: float) -> tuple[float, object] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if stamp in self.by_stamp:
-                    return self.by_stamp[stamp]
-            time.sleep(0.02)
-        return None
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT the node, then kill it if it does not exit."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def score(pairs: list[KnownMotionPair], sent: list[dict], results: list, out: Path) -> dict:
@@ -175,36 +110,23 @@ def print_summary(summary: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the node, play, collect, score; the exit code of the demo."""
-    import rclpy
-
     args.out.mkdir(parents=True, exist_ok=True)
-    domain = args.domain if args.domain is not None else 1 + os.getpid() % 100
-    env = local_session_environment(domain)
+    domain = args.domain if args.domain is not None else private_domain()
+    env = session_environment(domain)
+    use_session_environment(env)
 
     print(f"rendering {args.pairs} frame pairs with known motion ({args.size[1]}x{args.size[0]})")
     pairs = demo_pairs(args.pairs, tuple(args.size))
-    scratch = Path(tempfile.mkdtemp(prefix="mdflow_demo_"))
-    params = scratch / "params.yaml"
-    write_node_params(params, args.model, args.backend, tuple(args.input_size), args.threads)
-    node_log = args.out / "node.log"
-    with open(node_log, "w") as log:
-        node = subprocess.Popen([sys.executable, "-m", "mdflow_ros.node", "--ros-args", "--params-file", str(params),
-                                 "-r", f"image:={TOPIC}"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    ros_node = rclpy.create_node("mdflow_demo", context=context)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(ros_node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    params = write_params(Path(tempfile.mkdtemp(prefix="mdflow_demo_")) / "params.yaml", model=str(args.model),
+                          backend=args.backend, input_height=args.input_size[0], input_width=args.input_size[1],
+                          threads=args.threads, confidence=True)
+    node = start_node(params, env, args.out / "node.log", "-r", f"image:={TOPIC}")
+    link = NodeLink(domain, name="mdflow_demo")
     try:
-        collector = FlowCollector(ros_node)
-        player = FramePlayer(ros_node, TOPIC)
-        print(f"starting the node (log: {node_log}) ...")
-        ready = wait_until(lambda: collector.subscription.get_publisher_count() > 0 and
-                           player.publisher.get_subscription_count() > 0 or node.poll() is not None, START_TIMEOUT_S)
-        if node.poll() is not None or not ready:
-            print(f"the node did not start:\n{node_log.read_text()}", file=sys.stderr)
+        player = link.player(TOPIC)
+        print(f"starting the node (log: {node.log_path}) ...")
+        if not link.wait_for_node(node, START_TIMEOUT_S, player):
+            print(f"the node did not start:\n{node.output()}", file=sys.stderr)
             return 1
         sent: list[dict] = []
         playing = threading.Thread(target=lambda: sent.extend(player.play(burst_plan(pairs), args.rate)))
@@ -212,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         results = []
         for k in range(len(pairs)):
             wait_until(lambda: len(sent) > 2 * k + 1, FLOW_TIMEOUT_S)
-            results.append(collector.wait_for(sent[2 * k + 1]["stamp_ns"], FLOW_TIMEOUT_S) if len(sent) > 2 * k + 1
+            results.append(link.wait_for_flow(sent[2 * k + 1]["stamp_ns"], FLOW_TIMEOUT_S) if len(sent) > 2 * k + 1
                            else None)
         playing.join()
         summary = score(pairs, sent, results, args.out)
@@ -220,10 +142,8 @@ def run(args: argparse.Namespace) -> int:
         print_summary(summary, args.out)
         return 0 if summary["received"] == len(pairs) else 1
     finally:
-        stop(node)
-        executor.shutdown(timeout_sec=2.0)
-        ros_node.destroy_node()
-        context.try_shutdown()
+        node.stop()
+        link.close()
 
 
 def main(argv: list[str] | None = None) -> int:
