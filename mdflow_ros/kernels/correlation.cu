@@ -14,7 +14,7 @@
 //   #define MDFLOW_CDDC_TABLE dy_0, dx_0, dy_1, dx_1, ...
 // so conventions.py stays the one source of the pattern. The same text is compiled to PTX by nvcc
 // (the TensorRT plugin) and, with a host C++ compiler, into the CPU test harness
-// (tests/kernel_harness): everything that computes a value is a __host__ __device__
+// (tests/runtime/kernel_harness): everything that computes a value is a __host__ __device__
 // function below, and only the thread-index line of the kernels is device-only.
 //
 // Thread mapping: one thread per output element, x fastest (the linear NCHW index of out).

@@ -20,7 +20,7 @@ from training.make_bag import write_known_motion_bag
 from training.trainer import scheduled_lr
 from training_cli import run_script
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "stage": "stage1", "seed": 3,
     "data": {"crop": [64, 64], "synthetic_pairs": 6, "num_workers": 0, "max_gap_s": 0.5},
@@ -144,7 +144,7 @@ def test_two_gloo_processes_hold_identical_weights(bag, tmp_path):
     config = write_config(tmp_path / "ddp.yaml", train={"steps": 2}, loss={"warmup_steps": 1})
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29500 + os.getpid() % 1000), str(REPO / "tests" / "ddp_worker.py"), str(config), str(bag), str(out)]
+           str(29500 + os.getpid() % 1000), str(Path(__file__).with_name("ddp_worker.py")), str(config), str(bag), str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -1,7 +1,7 @@
 """The CUDA correlation kernel: its own code, run on the CPU, equals the PyTorch reference; it compiles to PTX.
 
 The kernel's per-element function (index decomposition, generated offset table, fp32
-accumulation) is compiled with the host C++ compiler by tests/kernel_harness and looped over
+accumulation) is compiled with the host C++ compiler by tests/runtime/kernel_harness and looped over
 the output grid; nvcc compiles the same text to PTX for Jetson Orin (sm_87) and H100 (sm_90).
 """
 import re

@@ -10,7 +10,7 @@ from training.config import load_pipeline_config
 from training.evaluate import GroundTruthSet
 from training.mdflow import PipelineError
 
-SHIPPED_PIPELINE = Path(__file__).resolve().parents[1] / "config" / "train" / "mdflow_shipped.yaml"
+SHIPPED_PIPELINE = Path(__file__).resolve().parents[2] / "config" / "train" / "mdflow_shipped.yaml"
 
 
 def names(variants):

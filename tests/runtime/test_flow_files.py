@@ -8,7 +8,7 @@ import pytest
 
 from mdflow_ros.io import read_flo, read_flow, read_kitti_flow, write_flo, write_flow, write_kitti_flow
 
-GT_DEV = Path(__file__).resolve().parents[1].parent / "shared/data/gt-dev"
+GT_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/gt-dev"
 
 
 def random_flow(height=5, width=7, seed=0):

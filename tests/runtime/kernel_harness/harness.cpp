@@ -2,7 +2,7 @@
 // (mdflow::correlation_store, index decomposition and offset table included) over the whole
 // output grid, one loop iteration per GPU thread, so tests can compare it with PyTorch.
 //
-// Built by tests/kernel_harness/build.py with a host C++ compiler; KERNEL_SOURCE names the
+// Built by tests/runtime/kernel_harness (__init__.py) with a host C++ compiler; KERNEL_SOURCE names the
 // rendered kernel text (trt_correlation_plugin.kernel_source()) to include.
 
 #include KERNEL_SOURCE

@@ -1,4 +1,4 @@
-"""Run by tests/test_trainer.py under torchrun: a few DDP steps, then each rank saves its weights."""
+"""Run by tests/training/test_trainer.py under torchrun: a few DDP steps, then each rank saves its weights."""
 import sys
 from pathlib import Path
 

@@ -7,16 +7,14 @@ import pytest
 import yaml
 
 pytest.importorskip("rclpy")
-pytest.register_assert_rewrite("node_fixtures")
 
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE, large_data_environment  # noqa: E402
 from mdflow_ros.ros.mailbox import LatestOnly  # noqa: E402
 from mdflow_ros.ros.pairing import FrameInfo, PairTracker, pair_break  # noqa: E402
 from mdflow_ros.ros.params import PARAMETERS, ParameterError, declare_parameters  # noqa: E402
 from mdflow_ros.ros.stats import FlowStats  # noqa: E402
-from node_fixtures import ROOT, domain_id, wait_until  # noqa: E402
+from support import ROOT, domain_id, wait_until  # noqa: E402
 
-pytest_plugins = ["node_fixtures"]
 
 S = 1_000_000_000
 

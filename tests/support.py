@@ -1,16 +1,15 @@
-"""Shared pieces of the node tests: the built message, a model file, and isolated ROS 2 processes.
+"""Helpers shared by the test rooms (tests/conftest.py holds the fixtures built on them).
 
-Test modules load the fixtures with ``pytest_plugins = ["node_fixtures"]`` and import the helpers.
-Processes are started and driven through mdflow_ros.ros.harness (as the demo and the benchmark
-do): every ROS process gets the Fast DDS large-data transport, discovery limited to this host,
-and a ROS_DOMAIN_ID of its test module's own, so parallel runs do not hear each other.
+The node tests' frames and model, and their ROS 2 processes, started and driven through
+mdflow_ros.ros.harness as the demo and the benchmark do: every ROS process gets the Fast DDS
+large-data transport, discovery limited to this host, and a ROS_DOMAIN_ID of its test module's
+own, so parallel runs do not hear each other. ``no_torch_environment`` makes ``import torch``
+fail in a child process, for the tests of the runtime without PyTorch.
 """
 from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
+from mdflow_ros.inference.estimator import shipped_model
 from mdflow_ros.ros import harness
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, photo_library
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = ROOT / "mdflow_ros" / "weights" / "teacher_fastflownet.pt"
+SHIPPED_MODEL = shipped_model("teacher")
 FRAME_SIZE = (480, 640)
 """Camera frames of the flow tests: 640 x 480, as the issue asks."""
 N_PAIRS = 8
@@ -92,7 +92,7 @@ def train_quick_model(path: Path, net_size: tuple[int, int], steps: int = 150, t
                 break
     finally:
         torch.set_num_threads(threads)
-    save_model_file(path, net, meta={"purpose": "node tests only: FastFlowNet fitted to tests/node_fixtures.py's "
+    save_model_file(path, net, meta={"purpose": "node tests only: FastFlowNet fitted to tests/support.py's "
                                                 "known_motion_pairs (memorised, not a flow model)",
                                      "final_l1_net_px": float(loss.item())})
 
@@ -105,20 +105,6 @@ def shipped_or_quick_model(cache_dir: Path) -> TestModel:
     if not model.path.is_file():
         train_quick_model(model.path, model.net_size)
     return model
-
-
-@pytest.fixture(scope="session")
-def built_msgs() -> None:
-    """Build the OpticalFlow message into this venv (returns at once when it is up to date)."""
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "build_msgs.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=600)
-    assert proc.returncode == 0, f"tools/build_msgs.sh failed:\n{proc.stdout}\n{proc.stderr}"
-
-
-@pytest.fixture(scope="session")
-def flow_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
-    """A model for the node: the shipped one, or a quick fit cached for this session."""
-    return shipped_or_quick_model(tmp_path_factory.mktemp("node_model"))
 
 
 def domain_id(module_name: str) -> int:
@@ -170,27 +156,17 @@ class RosSetup:
     tmp: Path
 
 
-@pytest.fixture(scope="session")
-def mdflow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MDFLOW_CACHE of the node processes (ONNX exports), shared by the session."""
-    return tmp_path_factory.mktemp("mdflow_cache")
+def start_node(ros: RosSetup, params: Path, name: str, *ros_args: str,
+               env: dict[str, str] | None = None) -> harness.NodeProcess:
+    """python -m mdflow_ros.node with a params file and extra --ros-args, logging to ros.tmp/name.log.
+
+    env: the process environment instead of ``ros.env`` (e.g. ros.env plus MDFLOW_WEIGHTS).
+    """
+    return harness.start_node(params, ros.env if env is None else env, ros.tmp / f"{name}.log", *ros_args)
 
 
-@pytest.fixture(scope="module")
-def ros(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mdflow_cache: Path,
-        built_msgs: None) -> RosSetup:
-    """The module's domain and environment, also applied to this process (for its receiver) while the module runs."""
-    domain = domain_id(request.module.__name__)
-    env = ros_environment(domain, mdflow_cache)
-    with pytest.MonkeyPatch.context() as patch:
-        for key in harness.DDS_KEYS:
-            if key in env:
-                patch.setenv(key, env[key])
-            else:
-                patch.delenv(key, raising=False)
-        yield RosSetup(domain, env, tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
-
-
-def start_node(ros: RosSetup, params: Path, name: str, *ros_args: str) -> harness.NodeProcess:
-    """python -m mdflow_ros.node with a params file and extra --ros-args, logging to ros.tmp/name.log."""
-    return harness.start_node(params, ros.env, ros.tmp / f"{name}.log", *ros_args)
+def no_torch_environment(env: dict[str, str], log: Path) -> dict[str, str]:
+    """A copy of ``env`` in which ``import torch`` fails in every Python process and each attempt is
+    noted in ``log`` (tests/no_torch/sitecustomize.py first on PYTHONPATH, then ROOT)."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests" / "no_torch"), str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "MDFLOW_TEST_TORCH_LOG": str(log)}

@@ -21,7 +21,7 @@ from training.data.pairs import FramePairs, open_sources
 from training.data.rosbag_source import BagReadError, RosbagFrames
 from training.make_bag import DEFAULT_START_NS, write_sequence_bag
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (96, 128)
 KILTED = get_typestore(Stores.ROS2_KILTED)
 

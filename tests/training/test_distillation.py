@@ -31,7 +31,7 @@ from training.train import new_network
 from training.trainer import Trainer
 from training_cli import run_script
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "seed": 3,
     "data": {"crop": [64, 64], "synthetic_pairs": 4, "num_workers": 0, "max_gap_s": 0.5},

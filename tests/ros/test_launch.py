@@ -10,16 +10,14 @@ import importlib.util
 import pytest
 
 pytest.importorskip("rclpy")
-pytest.register_assert_rewrite("node_fixtures")
 
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE  # noqa: E402
 from mdflow_ros.ros.frame_player import Plan  # noqa: E402
 from mdflow_ros.ros.harness import NodeLink, NodeProcess  # noqa: E402
 from mdflow_ros.ros.launch_args import LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
-from node_fixtures import ROOT, known_motion_pairs, play, wait_until, write_params  # noqa: E402
+from support import ROOT, known_motion_pairs, play, wait_until, write_params  # noqa: E402
 
-pytest_plugins = ["node_fixtures"]
 
 LAUNCH_FILE = ROOT / "launch" / "flow.launch.py"
 HAS_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None

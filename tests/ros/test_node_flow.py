@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-pytest.register_assert_rewrite("node_fixtures")
 
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
@@ -21,10 +20,9 @@ from mdflow_ros.ros.frame_player import ZERO_SIZE, Plan  # noqa: E402
 from mdflow_ros.ros.harness import NodeLink  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
 from mdflow_ros.synthetic import camera_motion_pair, photo_library  # noqa: E402
-from node_fixtures import (known_motion_pairs, play, rss_mb, start_node, wait_until,  # noqa: E402
+from support import (known_motion_pairs, play, rss_mb, start_node, wait_until,  # noqa: E402
                            write_params)
 
-pytest_plugins = ["node_fixtures"]
 
 TOPIC = "/test_cam/image_raw"
 BURST_PAUSE_S = 0.7

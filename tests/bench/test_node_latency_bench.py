@@ -8,12 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("rclpy")
-pytest.register_assert_rewrite("node_fixtures")
 
 from bench.node_latency import parse_variant, run_node, summarise  # noqa: E402
-from node_fixtures import domain_id  # noqa: E402
-
-pytest_plugins = ["node_fixtures"]
+from support import domain_id  # noqa: E402
 
 
 def test_summarise_latency_rate_and_drops():

@@ -1,28 +1,31 @@
 """Starting the flow node: clear failures (no model, bad parameters, a backend that cannot load),
-backend fallback, a namespace, and CompressedImage input, each with the node in its own process."""
+backend fallback, a namespace, CompressedImage input, and a node without PyTorch, each with the
+node in its own process."""
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-pytest.register_assert_rewrite("node_fixtures")
 
+from mdflow_ros.inference.estimator import WEIGHTS_VARIABLE  # noqa: E402
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
+from mdflow_ros.ros import harness  # noqa: E402
 from mdflow_ros.ros.frame_player import Plan  # noqa: E402
 from mdflow_ros.ros.harness import NodeLink  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
-from node_fixtures import (SHIPPED_MODEL, known_motion_pairs, play, start_node, wait_until,  # noqa: E402
-                           write_params)
+from support import (SHIPPED_MODEL, known_motion_pairs, no_torch_environment, play, start_node,  # noqa: E402
+                     wait_until, write_params)
 
-pytest_plugins = ["node_fixtures"]
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
-def run_to_exit(ros, params, name, timeout=120.0) -> tuple[int, str]:
-    proc = start_node(ros, params, name)
+def run_to_exit(ros, params, name, timeout=120.0, env=None) -> tuple[int, str]:
+    proc = start_node(ros, params, name, env=env)
     try:
         code = proc.wait(timeout)
     finally:
@@ -30,11 +33,47 @@ def run_to_exit(ros, params, name, timeout=120.0) -> tuple[int, str]:
     return code, proc.output()
 
 
-@pytest.mark.skipif(SHIPPED_MODEL.is_file(), reason="a default model ships now")
 def test_without_a_model_the_node_exits_saying_what_to_do(ros, flow_model):
-    code, out = run_to_exit(ros, write_params(ros.tmp / "no_model.yaml", flow_model, model=""), "no_model")
+    """An installation whose weights folder holds no model (MDFLOW_WEIGHTS points at an empty one)."""
+    empty = ros.tmp / "no_weights"
+    empty.mkdir()
+    code, out = run_to_exit(ros, write_params(ros.tmp / "no_model.yaml", flow_model, model=""), "no_model",
+                            env={**ros.env, WEIGHTS_VARIABLE: str(empty)})
     assert code == 1
-    assert "cannot start: no trained default model is shipped" in out and "Pass model=PATH" in out
+    assert "cannot start: no trained teacher model is shipped" in out and "Pass model=PATH" in out
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.with_suffix(".onnx").is_file(), reason="no shipped .onnx")
+def test_without_pytorch_the_node_runs_the_shipped_model_on_onnx_runtime(ros):
+    """import torch fails in the node's process: it must run the shipped teacher's .onnx through ONNX Runtime."""
+    torch_log = ros.tmp / "node_torch_imports.log"
+    env = no_torch_environment(ros.env, torch_log)
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and "blocked" in check.stderr, "the blocker must work, or this test proves nothing"
+    torch_log.unlink()
+    params = harness.write_params(ros.tmp / "no_torch.yaml", model="", backend="auto", input_height=192,
+                                  input_width=256, threads=1)
+    node = start_node(ros, params, "no_torch", "-r", "image:=/no_torch_cam/image_raw", env=env)
+    try:
+        wait_until(lambda: "subscribed to" in node.output() or not node.alive(), 120, "the node to start")
+        assert node.alive(), node.output()
+        rx = NodeLink(ros.domain)
+        try:
+            wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
+            pair = known_motion_pairs()[2]
+            sent = play(Plan([pair.img1, pair.img2], [{"frame": 0}, {"frame": 1}]), ros.tmp, ros.env,
+                        "/no_torch_cam/image_raw")
+            wait_until(lambda: len(rx.flows) >= 1, 20, "a flow from the node without PyTorch")
+            msg = rx.flows[0][1]
+        finally:
+            rx.close()
+        assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"]
+        assert "ONNX Runtime" in msg.backend and msg.model.startswith(f"{SHIPPED_MODEL.name}@")
+        zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
+        assert epe(image_to_array(msg.flow), pair.flow, pair.valid) < 0.5 * zero
+    finally:
+        assert node.stop() == 0, node.output()
+    assert not torch_log.exists(), f"the node tried to import {torch_log.read_text().split()}"
 
 
 def test_inconsistent_parameters_stop_the_node(ros, flow_model):
