@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 from mdflow_ros.inference.estimator import shipped_model
 from mdflow_ros.ros import harness
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE, TRANSPORT_VARIABLE
+from mdflow_ros.ros.frame_player import Plan
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, photo_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +165,20 @@ def start_node(ros: RosSetup, params: Path, name: str, *ros_args: str,
     env: the process environment instead of ``ros.env`` (e.g. ros.env plus MDFLOW_WEIGHTS).
     """
     return harness.start_node(params, ros.env if env is None else env, ros.tmp / f"{name}.log", *ros_args)
+
+
+def flow_for_one_pair(ros: RosSetup, pair: KnownMotionPair, topic: str, what: str, namespace: str = "",
+                      extra: tuple[str, ...] = ()) -> tuple[list[dict], Any]:
+    """Play ``pair`` as two frames on ``topic`` (frame player options ``extra``) and receive the one
+    OpticalFlow the running node publishes on ``namespace``/optical_flow: the player's log and that message."""
+    rx = harness.NodeLink(ros.domain, namespace=namespace)
+    try:
+        wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
+        sent = play(Plan([pair.img1, pair.img2], [{"frame": 0}, {"frame": 1}]), ros.tmp, ros.env, topic, extra=extra)
+        wait_until(lambda: len(rx.flows) >= 1, 20, what)
+        return sent, rx.flows[0][1]
+    finally:
+        rx.close()
 
 
 def no_torch_environment(env: dict[str, str], log: Path) -> dict[str, str]:

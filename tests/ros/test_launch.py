@@ -12,11 +12,10 @@ import pytest
 pytest.importorskip("rclpy")
 
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE  # noqa: E402
-from mdflow_ros.ros.frame_player import Plan  # noqa: E402
-from mdflow_ros.ros.harness import NodeLink, NodeProcess  # noqa: E402
+from mdflow_ros.ros.harness import NodeProcess  # noqa: E402
 from mdflow_ros.ros.launch_args import LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
-from support import ROOT, known_motion_pairs, play, wait_until, write_params  # noqa: E402
+from support import ROOT, flow_for_one_pair, known_motion_pairs, wait_until, write_params  # noqa: E402
 
 
 LAUNCH_FILE = ROOT / "launch" / "flow.launch.py"
@@ -80,15 +79,8 @@ def test_the_node_started_as_the_launch_file_starts_it_works(ros, flow_model):
     try:
         wait_until(lambda: "subscribed to" in node.output() or not node.alive(), 120, "the node to start")
         assert "subscribed to /launch_cam/image_raw; publishing /robot2/optical_flow" in node.output()
-        rx = NodeLink(ros.domain, namespace="/robot2")
-        try:
-            wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
-            pair = known_motion_pairs()[7]
-            sent = play(Plan([pair.img1, pair.img2], [{"frame": 0}, {"frame": 1}]), ros.tmp, ros.env,
-                        "/launch_cam/image_raw")
-            wait_until(lambda: len(rx.flows) >= 1, 20, "a flow from the launched node")
-            assert stamp_ns(rx.flows[0][1].header.stamp) == sent[1]["stamp_ns"]
-        finally:
-            rx.close()
+        sent, msg = flow_for_one_pair(ros, known_motion_pairs()[7], "/launch_cam/image_raw",
+                                      "a flow from the launched node", namespace="/robot2")
+        assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"]
     finally:
         assert node.stop() == 0

@@ -14,11 +14,9 @@ from mdflow_ros.inference.estimator import WEIGHTS_VARIABLE  # noqa: E402
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
 from mdflow_ros.ros import harness  # noqa: E402
-from mdflow_ros.ros.frame_player import Plan  # noqa: E402
-from mdflow_ros.ros.harness import NodeLink  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
-from support import (SHIPPED_MODEL, known_motion_pairs, no_torch_environment, play, start_node,  # noqa: E402
-                     wait_until, write_params)
+from support import (SHIPPED_MODEL, flow_for_one_pair, known_motion_pairs, no_torch_environment,  # noqa: E402
+                     start_node, wait_until, write_params)
 
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -57,16 +55,8 @@ def test_without_pytorch_the_node_runs_the_shipped_model_on_onnx_runtime(ros):
     try:
         wait_until(lambda: "subscribed to" in node.output() or not node.alive(), 120, "the node to start")
         assert node.alive(), node.output()
-        rx = NodeLink(ros.domain)
-        try:
-            wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
-            pair = known_motion_pairs()[2]
-            sent = play(Plan([pair.img1, pair.img2], [{"frame": 0}, {"frame": 1}]), ros.tmp, ros.env,
-                        "/no_torch_cam/image_raw")
-            wait_until(lambda: len(rx.flows) >= 1, 20, "a flow from the node without PyTorch")
-            msg = rx.flows[0][1]
-        finally:
-            rx.close()
+        pair = known_motion_pairs()[2]
+        sent, msg = flow_for_one_pair(ros, pair, "/no_torch_cam/image_raw", "a flow from the node without PyTorch")
         assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"]
         assert "ONNX Runtime" in msg.backend and msg.model.startswith(f"{SHIPPED_MODEL.name}@")
         zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
@@ -100,16 +90,9 @@ def test_fallback_backend_namespace_and_compressed_input(ros, flow_model):
         out = node.output()
         assert "backend 'tensorrt' failed to load" in out and "falling back to 'onnxruntime'" in out
         assert "subscribed to /robot1/camera/image_raw/compressed; publishing /robot1/optical_flow" in out
-        rx = NodeLink(ros.domain, namespace="/robot1")
-        try:
-            wait_until(lambda: rx.flow_sub.get_publisher_count() > 0, 30, "the receiver to match the node")
-            pair = known_motion_pairs()[6]
-            sent = play(Plan([pair.img1, pair.img2], [{"frame": 0}, {"frame": 1}]), ros.tmp, ros.env,
-                        "/robot1/camera/image_raw", extra=("--compressed", "png"))
-            wait_until(lambda: len(rx.flows) >= 1, 20, "a flow from compressed frames")
-            msg = rx.flows[0][1]
-        finally:
-            rx.close()
+        pair = known_motion_pairs()[6]
+        sent, msg = flow_for_one_pair(ros, pair, "/robot1/camera/image_raw", "a flow from compressed frames",
+                                      namespace="/robot1", extra=("--compressed", "png"))
         assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"] and stamp_ns(msg.previous_stamp) == sent[0]["stamp_ns"]
         assert "ONNX Runtime" in msg.backend and (msg.flow.height, msg.flow.width) == pair.img1.shape[:2]
         zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
