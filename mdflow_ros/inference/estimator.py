@@ -14,13 +14,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
 from mdflow_ros.inference.backend import BACKENDS, Backend, BackendUnavailable
+
+if TYPE_CHECKING:  # only for the annotation: the estimator runs without PyTorch
+    from torch import nn
 
 LOG = logging.getLogger("mdflow_ros.inference")
 
@@ -133,7 +136,7 @@ class FlowEstimator:
     threads: intra-op CPU threads (None: the library default).
     """
 
-    def __init__(self, backend: str = "auto", model: str | Path | Any = None,
+    def __init__(self, backend: str = "auto", model: str | Path | nn.Module | None = None,
                  input_size: tuple[int, int] | None = None, confidence: bool = True,
                  threads: int | None = None, device: str = "cpu"):
         if backend not in BACKENDS:
