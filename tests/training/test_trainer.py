@@ -18,7 +18,7 @@ from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_config, merge
 from training.make_bag import write_known_motion_bag
 from training.trainer import scheduled_lr
-from training_cli import run_script
+from training_cli import child_env, run_script
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
@@ -145,7 +145,7 @@ def test_two_gloo_processes_hold_identical_weights(bag, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29500 + os.getpid() % 1000), str(Path(__file__).with_name("ddp_worker.py")), str(config), str(bag), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=child_env())
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
