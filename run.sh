@@ -59,7 +59,7 @@ ensure_venv() {
 cmd="${1:-}"
 shift || true
 case "$cmd" in
-  demo) ensure_system; ensure_venv; exec "$VENV/bin/python" -m mdflow_ros.demo "$@" ;;
+  demo) ensure_system; ensure_venv; exec "$VENV/bin/python" -m mdflow_ros.ros.demo "$@" ;;
   test) ensure_system; ensure_venv; exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash run.sh demo|test [ARGS]" >&2; exit 2 ;;
 esac

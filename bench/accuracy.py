@@ -39,10 +39,11 @@ PICTURE_METHODS = ("teacher/onnxruntime", "student/pytorch", "dis-medium", "farn
 
 def default_files(teacher: str | None, student: str | None, int8: str | None) -> dict[str, Path]:
     """Model files by role: the given ones, else the shipped ones that exist."""
-    from mdflow_ros.inference.estimator import DEFAULT_TEACHER, SHIPPED_MODELS
+    from mdflow_ros.inference.estimator import SHIPPED_FILES, shipped_model
 
     given = {"teacher": teacher, "student": student, "teacher-int8": int8}
-    shipped = {**SHIPPED_MODELS, "teacher-int8": DEFAULT_TEACHER.with_suffix(".int8.onnx")}
+    shipped = {**{name: shipped_model(name) for name in SHIPPED_FILES},
+               "teacher-int8": shipped_model("teacher").with_suffix(".int8.onnx")}
     files = {}
     for role, path in given.items():
         if path is not None:
@@ -120,7 +121,7 @@ def markdown(results: dict[str, dict], args: argparse.Namespace, files: dict[str
     import onnxruntime
     import torch
 
-    from mdflow_ros.inference.onnx_export import file_sha256
+    from mdflow_ros.files import file_sha256
 
     sets = list(next(iter(results.values()))["accuracy"])
     base = results["dis-medium"]["speed_ms"]

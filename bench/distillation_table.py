@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import file_sha256
 from mdflow_ros.models.model_file import load_model_file
 from training.config import load_pipeline_config, merge
 from training.evaluate import GroundTruthSet, benchmark_sets, estimator_fn, evaluate, synthetic_set, zero_flow

@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measured))
         return
     methods = ["dis-ultrafast", "dis-medium", "pytorch:flow", "onnxruntime:flow", "onnxruntime:conf"]
-    from mdflow_ros.inference.estimator import DEFAULT_TEACHER  # here, not at the top: children stay torch-free
+    from mdflow_ros.inference.estimator import shipped_model
 
-    shipped_int8 = DEFAULT_TEACHER.with_suffix(".int8.onnx")
+    shipped_int8 = shipped_model("teacher").with_suffix(".int8.onnx")
     if args.int8 is None and args.model is None and shipped_int8.is_file():
         args.int8 = str(shipped_int8)
     sgemm_ms = in_child("sgemm", None, args.threads, SGEMM_N, SGEMM_N, args.runs)["median_ms"]

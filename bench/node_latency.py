@@ -28,10 +28,8 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,11 +38,11 @@ import numpy as np
 from bench.accuracy import time_method
 from bench.latency import peak_rss_mb
 from bench.methods import make_method, ours
-from mdflow_ros.demo import FlowCollector, stop, wait_until, write_node_params
-from mdflow_ros.frame_player import FramePlayer, Plan
+from mdflow_ros.files import file_sha256
 from mdflow_ros.inference.estimator import default_model
-from mdflow_ros.inference.onnx_export import file_sha256
-from mdflow_ros.ros_env import local_session_environment
+from mdflow_ros.ros.frame_player import Plan
+from mdflow_ros.ros.harness import (NodeLink, private_domain, session_environment, start_node, use_session_environment,
+                                    write_params)
 from mdflow_ros.synthetic import camera_motion_pair, photo_library
 
 TOPIC = "/mdflow_bench/image_raw"
@@ -77,41 +75,28 @@ def summarise(sent: list[dict], received: dict[int, tuple[float, object]], durat
 def run_node(model: Path, backend: str, threads: int, size: tuple[int, int], rate: float, duration_s: float,
              domain: int, input_size: tuple[int, int] = (0, 0), confidence: bool = True) -> dict[str, float]:
     """One node process, one stream; its summary with the node's peak memory."""
-    import rclpy
-
-    env = local_session_environment(domain)
-    params = Path(tempfile.mkdtemp(prefix="mdflow_bench_")) / "params.yaml"
-    write_node_params(params, model, backend, input_size, threads, confidence)
-    node = subprocess.Popen([sys.executable, "-m", "mdflow_ros.node", "--ros-args", "--params-file", str(params),
-                             "-r", f"image:={TOPIC}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    ros_node = rclpy.create_node("mdflow_node_latency", context=context)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(ros_node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    env = session_environment(domain)
+    use_session_environment(env)
+    scratch = Path(tempfile.mkdtemp(prefix="mdflow_bench_"))
+    params = write_params(scratch / "params.yaml", model=str(model), backend=backend, input_height=input_size[0],
+                          input_width=input_size[1], threads=threads, confidence=confidence)
+    node = start_node(params, env, scratch / "node.log", "-r", f"image:={TOPIC}")
+    link = NodeLink(domain, name="mdflow_node_latency")
     try:
-        collector = FlowCollector(ros_node)
-        player = FramePlayer(ros_node, TOPIC)
-        ready = wait_until(lambda: node.poll() is not None or (collector.subscription.get_publisher_count() > 0
-                                                               and player.publisher.get_subscription_count() > 0),
-                           START_TIMEOUT_S)
-        if node.poll() is not None or not ready:
-            raise RuntimeError(f"the node did not start: {node.stderr.read().decode()[-2000:] if node.poll() else ''}")
+        player = link.player(TOPIC)
+        if not link.wait_for_node(node, START_TIMEOUT_S, player):
+            raise RuntimeError(f"the node did not start: {node.output()[-2000:]}")
         player.play(stream_plan(size, int(2 * rate)), rate)
         time.sleep(2.0)
-        collector.drain()
-        start = time.monotonic()
+        start, started = len(link.flows), time.monotonic()
         sent = player.play(stream_plan(size, int(duration_s * rate)), rate)
         time.sleep(2.0)
-        result = summarise(sent, collector.drain(), time.monotonic() - start - 2.0)
+        result = summarise(sent, link.flows_since(start), time.monotonic() - started - 2.0)
         result["node_peak_mb"] = peak_rss_mb(node.pid)
         return result
     finally:
-        stop(node)
-        executor.shutdown(timeout_sec=2.0)
-        ros_node.destroy_node()
-        context.try_shutdown()
+        node.stop()
+        link.close()
 
 
 def bare_ms(model: Path, backend: str, threads: int, size: tuple[int, int], runs: int) -> dict[str, float]:
@@ -189,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         args.backends, args.rates, args.sizes, args.duration, args.runs = ["onnxruntime"], [10.0], [(480, 640)], 5.0, 3
         args.variants = []
     model = args.model or default_model()
-    domain = 1 + os.getpid() % 100
+    domain = private_domain()
     rows = []
     for size in args.sizes:
         for backend in args.backends:

@@ -3,7 +3,7 @@
     ros2 launch mdflow_ros flow.launch.py image_topic:=/camera/image_raw [params_file:=...]
         [backend:=onnxruntime] [namespace:=robot1] [fastdds_profile:=...]
 
-The arguments and what they turn into live in mdflow_ros/launch_args.py (tested without
+The arguments and what they turn into live in mdflow_ros/ros/launch_args.py (tested without
 ROS launch). The node process gets the Fast DDS large-image profile: without it, images
 over ~512 kB are silently dropped; set the same profile in the camera driver's process.
 """
@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mdflow_ros.launch_args import EXECUTABLE, LAUNCH_ARGUMENTS, NODE_NAME, flow_node_launch
+from mdflow_ros.ros.launch_args import EXECUTABLE, LAUNCH_ARGUMENTS, NODE_NAME, flow_node_launch
 
 
 def _flow_node(context):

@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mdflow_ros.files import ModelFileError
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.backend import BackendUnavailable
+from mdflow_ros.inference.backend import BACKENDS, BackendUnavailable
 from mdflow_ros.io import flow_to_color, write_flow
-from mdflow_ros.models.model_file import ModelFileError
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdflow-flow", description=__doc__.split("\n\n")[0])
     parser.add_argument("img1")
     parser.add_argument("img2")
-    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "pytorch"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--model", default=None, help="model file (.pt or .onnx), or 'teacher' / 'student' (shipped); default: the teacher")
     parser.add_argument("--out", default=None, help="write the flow: .flo, .png (KITTI) or .npy")
     parser.add_argument("--viz", default=None, help="write a colour-wheel PNG")

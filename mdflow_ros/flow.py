@@ -1,13 +1,8 @@
-"""The one home of mdflow_ros's constants and flow maths.
+"""Torch flow maths, shared by the networks, the losses, the exporter and training.
 
-Every network, loss, exporter and backend takes these from here: the input normalisation,
-the teacher's flow scale (``DIV_FLOW``), the 53-offset correlation pattern, warping,
-per-axis flow resizing, the forward-backward check and the census distance.
-
-Conventions used throughout the project:
-- images are float tensors ``(B, 3, H, W)`` holding RGB in [0, 1];
-- a flow ``(B, 2, H, W)`` holds (u, v) in pixels of the image it is defined on, from
-  frame 1 to frame 2: pixel ``(x, y)`` of frame 1 moves to ``(x + u, y + v)`` in frame 2.
+Input normalisation, warping and bilinear sampling, the forward-backward check, the census
+distance, MDFlow's reliable mask, the confidence map and the teacher's flow scaling; the
+constants they use (and the image and flow conventions) are in ``mdflow_ros.conventions``.
 """
 from __future__ import annotations
 
@@ -16,50 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIV_FLOW: float = 20.0
-"""The teacher stores flow as (pixels at the input resolution) / DIV_FLOW."""
-
-ALIGN_CORNERS: bool = True
-"""grid_sample convention for every warp (MDFlow / FastFlowNet v2)."""
-
-SIZE_MULTIPLE: int = 64
-"""Network input sides must be multiples of this (FastFlowNet's coarsest level is 1/64)."""
-
-MIN_SIDE: int = 64
-"""Smallest image side the estimator accepts."""
-
-MAX_DISPLACEMENT: int = 4
-"""Correlation search radius in pixels of the feature level (9 x 9 candidate offsets)."""
-
-CDDC_CHANNELS: tuple[int, ...] = (
-    0, 2, 4, 6, 8,
-    10, 12, 14, 16,
-    18, 20, 21, 22, 23, 24, 26,
-    28, 29, 30, 31, 32, 33, 34,
-    36, 38, 39, 40, 41, 42, 44,
-    46, 47, 48, 49, 50, 51, 52,
-    54, 56, 57, 58, 59, 60, 62,
-    64, 66, 68, 70,
-    72, 74, 76, 78, 80,
-)
-"""FastFlowNet's "center dense dilated" subset of the 81 offsets, channel k = (dy+4)*9 + (dx+4)."""
-
-CDDC_OFFSETS: tuple[tuple[int, int], ...] = tuple(
-    (k // 9 - MAX_DISPLACEMENT, k % 9 - MAX_DISPLACEMENT) for k in CDDC_CHANNELS
-)
-"""The same 53 offsets as (dy, dx) pairs, in channel order (dy-major)."""
-
-OCC_SCALE: float = 0.01
-OCC_BIAS: float = 0.5
-"""Forward-backward check: visible when |F_f + W(F_b)|^2 < OCC_SCALE (|F_f|^2 + |W(F_b)|^2) + OCC_BIAS."""
-
-CENSUS_RADIUS: int = 1
-"""Census patch radius (3 x 3 patch), ARFlow's soft Hamming."""
-
-RELIABLE_TAU: float = 0.3
-"""Default census-distance threshold of a reliable match (training configs override it)."""
-
-GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.5870, 0.1140)
+from mdflow_ros.conventions import (ALIGN_CORNERS, CENSUS_RADIUS, DIV_FLOW, GRAY_WEIGHTS, OCC_BIAS, OCC_SCALE,
+                                    RELIABLE_TAU)
 
 
 def normalize_pair(img1: torch.Tensor, img2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,20 +59,6 @@ def sample(x: torch.Tensor, coords: torch.Tensor, padding_mode: str = "zeros") -
         sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
     grid = torch.stack((coords[:, 0] * sx - 1.0, coords[:, 1] * sy - 1.0), dim=3)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
-
-
-def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize a flow field (B, 2, h, w) to (B, 2, height, width), scaling u and v per axis.
-
-    Bilinear, align_corners=False (MDFlow's evaluation); u is multiplied by width / w and v
-    by height / h, so the result is in pixels of the new size.
-    """
-    h, w = flow.shape[-2:]
-    if (h, w) == (height, width):
-        return flow
-    out = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
-    scale = torch.tensor([width / w, height / h], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
-    return out * scale
 
 
 def fb_ratio(flow_fw: torch.Tensor, flow_bw: torch.Tensor, scale: float = OCC_SCALE, bias: float = OCC_BIAS

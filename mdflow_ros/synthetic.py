@@ -26,7 +26,7 @@ PHOTO_NAMES: tuple[str, ...] = (
 DEMO_PHOTO: str = "motorcycle"
 DEMO_SEED: int = 3
 
-MIN_SIDE: int = 16
+MIN_RENDERED_SIDE: int = 16
 """Smallest frame side the generators accept."""
 
 SCALE_RANGE: tuple[float, float] = (0.7, 1.4)
@@ -100,8 +100,8 @@ def _is_int(value: object) -> bool:
 
 def _check_size(size: object) -> tuple[int, int]:
     if (not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) for s in size)
-            or min(size) < MIN_SIDE):
-        raise ValueError(f"size must be (height, width), two integers >= {MIN_SIDE}, got {size!r}")
+            or min(size) < MIN_RENDERED_SIDE):
+        raise ValueError(f"size must be (height, width), two integers >= {MIN_RENDERED_SIDE}, got {size!r}")
     return int(size[0]), int(size[1])
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdflow_ros.models.model_file import ModelFileError, arch_name, atomic_torch_save, read_torch_file
+from mdflow_ros.files import ModelFileError
+from mdflow_ros.models.model_file import arch_name, atomic_torch_save, read_torch_file
 
 FORMAT = "mdflow_ros/checkpoint/1"
 

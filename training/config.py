@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from mdflow_ros.flow import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, RELIABLE_TAU
+from mdflow_ros.conventions import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, RELIABLE_TAU
 from mdflow_ros.models.raft import TRAIN_ITERS
 from training.partners import LABEL_MASKS, ClassicalFlow, PartnerError
 

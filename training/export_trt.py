@@ -33,14 +33,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdflow_ros.atomic_file import atomic_write_bytes
+from mdflow_ros.files import ModelFileError, atomic_write_bytes, file_sha256
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.backend import BackendUnavailable
 from mdflow_ros.inference.engine_manifest import ENGINE_FILE, MANIFEST_FILE, ROUTES, EngineSpec, Profile
-from mdflow_ros.inference.onnx_export import INPUT_NAMES, export_onnx, file_sha256
+from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.inference.onnx_files import INPUT_NAMES
 from mdflow_ros.inference.tensorrt_backend import EngineBuildError, TensorRTBackend, build_engine, probe_device
 from mdflow_ros.models.deploy import DeployedFlow
-from mdflow_ros.models.model_file import ModelFileError, load_model
+from mdflow_ros.models.model_file import load_model
 
 PARITY_LIMIT_PX = 0.01
 """Largest flow difference (pixels) allowed between ONNX Runtime and PyTorch."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mdflow_ros.flow import DIV_FLOW, census_distance, warp
+from mdflow_ros.conventions import DIV_FLOW
+from mdflow_ros.flow import census_distance, warp
 
 
 MIN_CELL_SHARE: float = 0.5

@@ -29,9 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mdflow_ros.atomic_file import atomic_write_bytes
-from mdflow_ros.inference.onnx_export import file_sha256
-from mdflow_ros.models.model_file import ModelFileError
+from mdflow_ros.files import ModelFileError, atomic_write_bytes, file_sha256
 from training.config import ConfigError, load_pipeline_config
 from training.stages import check_stage
 from training.train import StageError, train_stage

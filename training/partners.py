@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mdflow_ros.atomic_file import atomic_write
+from mdflow_ros.files import atomic_write
 from mdflow_ros.flow import reliable_mask, visible_mask
 from mdflow_ros.models.deploy import DeployedFlow
 

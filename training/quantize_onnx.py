@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import export_onnx, file_sha256
+from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.models.model_file import load_model
 from mdflow_ros.synthetic import held_out_pairs
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from mdflow_ros.flow import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE, reliable_mask, visible_mask
+from mdflow_ros.conventions import CENSUS_RADIUS, OCC_BIAS, OCC_SCALE
+from mdflow_ros.flow import reliable_mask, visible_mask
 from training.config import DISTILL_MASKS
 
 def reliable_masks(img1: torch.Tensor, img2: torch.Tensor, flow_fw: torch.Tensor, flow_bw: torch.Tensor,

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 import yaml
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import export_onnx, file_sha256
+from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.models.model_file import build_model, load_model, load_model_file, save_model_file
 from training.export_trt import PARITY_LIMIT_PX, onnx_parity
 from training.evaluate import GroundTruthSet, benchmark_sets, estimator_fn, evaluate, synthetic_set, zero_flow

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdflow_ros.flow import DIV_FLOW, teacher_flow_to_pixels, visible_mask
+from mdflow_ros.conventions import DIV_FLOW
+from mdflow_ros.flow import teacher_flow_to_pixels, visible_mask
 from mdflow_ros.models.model_file import arch_name
 from training.augment import AugmentParams, Augmentor
 from training.config import DISTILL_PASSES, STAGE3_MASKS, ConfigError, check_choice

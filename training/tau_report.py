@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdflow_ros.files import file_sha256
 from mdflow_ros.flow import census_distance, visible_mask, warp
 from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import file_sha256
 from training.config import load_config, load_pipeline_config, read_mapping
 from training.evaluate import GroundTruthSet, benchmark_sets, synthetic_set
 from training.selection import reliable_masks

@@ -30,9 +30,9 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.models import RAFT, FastFlowNet
-from mdflow_ros.models.model_file import ModelFileError, load_model, load_model_file, save_model_file
+from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
 from training.data.training_set import build_training_set

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mdflow_ros.models.model_file import ModelFileError
+from mdflow_ros.files import ModelFileError
 from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from training.config import check_choices, resume_differences

@@ -1,9 +1,12 @@
-"""The one small interface every inference backend implements, and its errors."""
+"""The one small interface every inference backend implements, the backend names, and their error."""
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
+
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "pytorch")
+"""The backend names a user chooses from (estimator, node parameter, CLI, demo); "auto" takes the first that loads."""
 
 
 class BackendUnavailable(RuntimeError):

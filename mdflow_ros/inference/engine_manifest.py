@@ -6,7 +6,7 @@ project writes therefore gets a JSON manifest beside it, and an engine is loaded
 ``check_engine`` compared that manifest with what is asked for and with the current device;
 otherwise the caller rebuilds it from the ONNX or refuses, with the reason this module returns.
 
-Cache layout (``cache_root`` defaults to ``onnx_export.cache_dir()``)::
+Cache layout (``cache_root`` defaults to ``onnx_files.cache_dir()``)::
 
     cache_root/engines/<key>/model.engine     serialized engine
     cache_root/engines/<key>/manifest.json    its EngineManifest
@@ -26,9 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mdflow_ros.atomic_file import atomic_write_bytes
-from mdflow_ros.flow import SIZE_MULTIPLE
-from mdflow_ros.inference.onnx_export import file_sha256
+from mdflow_ros.conventions import SIZE_MULTIPLE
+from mdflow_ros.files import atomic_write_bytes, file_sha256
 
 MANIFEST_VERSION = 1
 ROUTES = ("onnx_ops", "plugin_aot")

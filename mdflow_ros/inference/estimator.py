@@ -3,32 +3,34 @@
 Used by the node, the CLI, training's evaluation and the benchmarks. It validates and
 converts the frames, resizes them to the network size (multiples of 64), runs a backend
 (TensorRT, ONNX Runtime or PyTorch, all running the same deployed graph) and maps the flow
-back to the input resolution with per-axis scaling.
+back to the input resolution with per-axis scaling. It needs no PyTorch: each backend module
+is imported only when that backend is asked for (or tried by "auto").
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from mdflow_ros.flow import MIN_SIDE, SIZE_MULTIPLE
-from mdflow_ros.inference.backend import Backend, BackendUnavailable
-from mdflow_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
-from mdflow_ros.inference.torch_backend import TorchBackend
+from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
+from mdflow_ros.inference.backend import BACKENDS, Backend, BackendUnavailable
+
+if TYPE_CHECKING:  # only for the annotation: the estimator runs without PyTorch
+    from torch import nn
 
 LOG = logging.getLogger("mdflow_ros.inference")
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-DEFAULT_TEACHER = WEIGHTS_DIR / "teacher_fastflownet.pt"
-SHIPPED_MODELS = {"teacher": DEFAULT_TEACHER, "student": WEIGHTS_DIR / "student_raft.pt"}
+WEIGHTS_VARIABLE = "MDFLOW_WEIGHTS"
+"""Environment variable naming the folder of the shipped models (default: the package's weights/)."""
+SHIPPED_FILES = {"teacher": "teacher_fastflownet.pt", "student": "student_raft.pt"}
 """The trained models shipped in the package, by the name a user may give instead of a path."""
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
-ENCODINGS = ("rgb8", "bgr8", "mono8")
 
 
 class ModelNotShippedError(FileNotFoundError):
@@ -50,9 +52,19 @@ class FlowResult:
         return iter((self.flow, self.confidence))
 
 
+def weights_dir() -> Path:
+    """The folder of the shipped models: $MDFLOW_WEIGHTS, or mdflow_ros/weights/."""
+    return Path(os.environ.get(WEIGHTS_VARIABLE) or Path(__file__).resolve().parents[1] / "weights")
+
+
+def shipped_model(name: str) -> Path:
+    """Where the shipped model ``name`` ("teacher" or "student") is, whether or not it is there."""
+    return weights_dir() / SHIPPED_FILES[name]
+
+
 def default_model(name: str = "teacher") -> Path:
     """The shipped model ``name`` ("teacher" or "student"), or ModelNotShippedError saying what to do instead."""
-    path = SHIPPED_MODELS[name]
+    path = shipped_model(name)
     if not path.is_file():
         raise ModelNotShippedError(
             f"no trained {name} model is shipped in this installation (expected {path}). "
@@ -64,12 +76,12 @@ def default_model(name: str = "teacher") -> Path:
 def resolve_model(model: str | Path | None) -> Path:
     """The model file meant by ``model``: None or "" is the shipped teacher, "teacher" or "student"
     a shipped model, anything else a path that must exist."""
-    if model is None or str(model) in ("", *SHIPPED_MODELS):
+    if model is None or str(model) in ("", *SHIPPED_FILES):
         return default_model(str(model or "teacher"))
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist (or give one of the shipped models: "
-                                f"{', '.join(SHIPPED_MODELS)})")
+                                f"{', '.join(SHIPPED_FILES)})")
     return path
 
 
@@ -87,16 +99,16 @@ def to_rgb_float(img: np.ndarray, encoding: str, name: str) -> np.ndarray:
     """
     if not isinstance(img, np.ndarray):
         raise InputError(f"{name} must be a numpy array, got {type(img).__name__}")
-    if encoding not in ENCODINGS:
-        raise InputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if encoding not in FRAME_ENCODINGS:
+        raise InputError(f"encoding must be one of {FRAME_ENCODINGS}, got {encoding!r}")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     elif img.ndim != 3 or img.shape[2] != 3:
         raise InputError(f"{name} must be HxWx3 (RGB/BGR) or HxW (mono), got shape {img.shape}")
-    if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
-        raise InputError(f"{name} is {img.shape[1]}x{img.shape[0]} px; both sides must be at least {MIN_SIDE} px")
+    if img.shape[0] < MIN_FRAME_SIDE or img.shape[1] < MIN_FRAME_SIDE:
+        raise InputError(f"{name} is {img.shape[1]}x{img.shape[0]} px; both sides must be at least {MIN_FRAME_SIDE} px")
     if img.dtype == np.uint8:
         out = img.astype(np.float32) * (1.0 / 255.0)
     elif img.dtype in (np.float32, np.float64):
@@ -124,7 +136,7 @@ class FlowEstimator:
     threads: intra-op CPU threads (None: the library default).
     """
 
-    def __init__(self, backend: str = "auto", model: str | Path | torch.nn.Module | None = None,
+    def __init__(self, backend: str = "auto", model: str | Path | nn.Module | None = None,
                  input_size: tuple[int, int] | None = None, confidence: bool = True,
                  threads: int | None = None, device: str = "cpu"):
         if backend not in BACKENDS:
@@ -133,13 +145,14 @@ class FlowEstimator:
             h, w = input_size
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
                 raise ValueError(f"input_size must be positive multiples of {SIZE_MULTIPLE}, got {input_size}")
-        if isinstance(model, torch.nn.Module):
+        if model is None or isinstance(model, (str, Path)):
+            self.model_path = resolve_model(model)
+            self.model = self.model_path
+        else:
             if backend != "pytorch":
                 raise ValueError("a network instance runs on the pytorch backend only; save it to a model file for others")
             self.model_path = Path(f"<{type(model).__name__} in memory>")
-        else:
-            self.model_path = resolve_model(model)
-        self.model = model if isinstance(model, torch.nn.Module) else self.model_path
+            self.model = model
         self.input_size = input_size
         self.with_confidence = confidence
         self.backend: Backend = self._open_backend(backend, threads, device)
@@ -147,11 +160,12 @@ class FlowEstimator:
         LOG.info("FlowEstimator: %s (model %s)", self.backend.description, self.model_path.name)
 
     def _open_backend(self, backend: str, threads: int | None, device: str) -> Backend:
+        path, conf = self.model_path, self.with_confidence
         makers = {
-            "tensorrt": lambda: _tensorrt_backend(self.model_path, self.with_confidence, self.input_size),
-            "onnxruntime-gpu": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, gpu=True, threads=threads),
-            "onnxruntime": lambda: OnnxRuntimeBackend(self.model_path, self.with_confidence, threads=threads),
-            "pytorch": lambda: TorchBackend(self.model, self.with_confidence, device=device, threads=threads),
+            "tensorrt": lambda: _backend_class("tensorrt")(path, conf, self.input_size),
+            "onnxruntime-gpu": lambda: _backend_class("onnxruntime")(path, conf, gpu=True, threads=threads),
+            "onnxruntime": lambda: _backend_class("onnxruntime")(path, conf, threads=threads),
+            "pytorch": lambda: _backend_class("pytorch")(self.model, conf, device=device, threads=threads),
         }
         if backend != "auto":
             return makers[backend]()
@@ -166,14 +180,17 @@ class FlowEstimator:
             return chosen
         raise BackendUnavailable("no backend could run this model: " + "; ".join(reasons))
 
-    def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8") -> FlowResult:
-        """Flow from img1 to img2 (and its confidence), at the frames' resolution.
+    def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8",
+                 output_scale: float = 1.0) -> FlowResult:
+        """Flow from img1 to img2 (and its confidence), at the frames' resolution times ``output_scale``.
 
         img1, img2: (H, W, 3) uint8 RGB (or BGR with encoding="bgr8"), or (H, W) mono8;
         both the same size, each side at least 64 px. Returns a FlowResult (unpacks as
-        ``flow, confidence``): flow (H, W, 2) float32 in pixels, (u, v) = where each pixel
-        of img1 moves to in img2; confidence (H, W) float32 in [0, 1] (> 0.5: a reliable
-        match by MDFlow's forward-backward and census checks), None when disabled.
+        ``flow, confidence``): flow (h, w, 2) float32 in pixels of that size, (u, v) = where
+        each pixel of img1 moves to in img2; confidence (h, w) float32 in [0, 1] (> 0.5: a
+        reliable match by MDFlow's forward-backward and census checks), None when disabled.
+        (h, w) is (H, W) scaled by output_scale and rounded: the network's output is resized
+        once, straight to it.
         """
         a = to_rgb_float(img1, encoding, "img1")
         b = to_rgb_float(img2, encoding, "img2")
@@ -185,7 +202,10 @@ class FlowEstimator:
         start = time.perf_counter()
         flow, conf = self.backend.run(batch1, batch2)
         self.last_inference_s = time.perf_counter() - start
-        return FlowResult(_flow_to_input(flow[0], height, width), None if conf is None else _map_to_input(conf[0], height, width))
+        out_h, out_w = max(1, round(height * output_scale)), max(1, round(width * output_scale))
+        area = output_scale < 1.0 and out_h < nh and out_w < nw
+        return FlowResult(resize_flow(flow[0].transpose(1, 2, 0), out_h, out_w, area),
+                          None if conf is None else resize_map(conf[0], out_h, out_w, area))
 
 
 def _to_batch(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -195,25 +215,42 @@ def _to_batch(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1)[None])
 
 
-def _map_to_input(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) map -> (height, width) float32, bilinear."""
-    if values.shape != (height, width):
-        values = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+def resize_map(values: np.ndarray, height: int, width: int, area: bool = False) -> np.ndarray:
+    """A map (h, w) or (h, w, C) -> (height, width[, C]) float32: bilinear, or area averaging with ``area``.
+
+    ``area`` is for shrinking (it averages the pixels each output pixel covers).
+    """
+    if values.shape[:2] != (height, width):
+        interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+        values = cv2.resize(np.ascontiguousarray(values), (width, height), interpolation=interpolation)
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _flow_to_input(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(2, h, w) flow in network pixels -> (height, width, 2) in input pixels (per-axis scaling)."""
-    h, w = flow.shape[1:]
-    u = _map_to_input(flow[0], height, width) * (width / w)
-    v = _map_to_input(flow[1], height, width) * (height / h)
-    return np.stack((u, v), axis=2)
+def resize_flow(flow: np.ndarray, height: int, width: int, area: bool = False) -> np.ndarray:
+    """A flow (h, w, 2) in pixels -> (height, width, 2) in pixels of the new size.
+
+    The one flow resize of the runtime: resize_map's interpolation, then u times width / w and
+    v times height / h.
+    """
+    h, w = flow.shape[:2]
+    return resize_map(flow, height, width, area) * np.array([width / w, height / h], np.float32)
 
 
-def _tensorrt_backend(model_path: Path, with_confidence: bool, input_size: tuple[int, int] | None) -> Backend:
-    """The TensorRT backend (imported lazily: TensorRT and PyCUDA load only here)."""
+_BACKEND_CLASSES = {
+    "tensorrt": ("tensorrt_backend", "TensorRTBackend", "TensorRT, PyCUDA and onnx"),
+    "onnxruntime": ("onnxruntime_backend", "OnnxRuntimeBackend", "ONNX Runtime"),
+    "pytorch": ("torch_backend", "TorchBackend", "PyTorch"),
+}
+"""Backend name -> (module in mdflow_ros.inference, class, what it needs)."""
+
+
+def _backend_class(name: str) -> type:
+    """The class of backend ``name``, its module imported only now (so only its own library loads).
+
+    BackendUnavailable when that module cannot be imported (its library is not installed).
+    """
+    module, cls, needs = _BACKEND_CLASSES[name]
     try:
-        from mdflow_ros.inference.tensorrt_backend import TensorRTBackend
+        return getattr(importlib.import_module(f"mdflow_ros.inference.{module}"), cls)
     except ImportError as err:
-        raise BackendUnavailable(f"TensorRT backend unavailable: {err}") from None
-    return TensorRTBackend(model_path, with_confidence, input_size)
+        raise BackendUnavailable(f"the {name} backend cannot be imported here ({err}); it needs {needs}") from None

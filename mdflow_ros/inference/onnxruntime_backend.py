@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from mdflow_ros.inference.backend import BackendUnavailable
-from mdflow_ros.inference.onnx_export import onnx_for
+from mdflow_ros.inference.onnx_files import onnx_for
 
 
 def session_options(threads: int | None):

@@ -37,14 +37,14 @@ from typing import Any, Callable, Protocol, TypeVar
 import numpy as np
 import onnx
 
-from mdflow_ros.atomic_file import atomic_write_bytes
+from mdflow_ros.files import atomic_write_bytes, file_sha256
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.backend import BackendUnavailable
 from mdflow_ros.inference.engine_manifest import (DEFAULT_DYNAMIC_PROFILE, ENGINE_FILE, MANIFEST_FILE, PRECISIONS,
                                                   ROUTES, DeviceInfo, EngineManifest, EngineSpec, ManifestError,
                                                   Profile, check_engine, engine_dir,
                                                   new_manifest, read_manifest, timing_cache_path, write_manifest)
-from mdflow_ros.inference.onnx_export import INPUT_NAMES, cache_dir, file_sha256, onnx_for
+from mdflow_ros.inference.onnx_files import INPUT_NAMES, cache_dir, onnx_for
 
 LOG = logging.getLogger("mdflow_ros.inference")
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""The PyTorch backend: the reference, running the deployed graph directly."""
+"""The PyTorch backend: the reference, running the deployed graph directly, from a model file or a network in memory."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,11 @@ from mdflow_ros.models.model_file import load_model
 
 
 class TorchBackend:
-    """Deployed graph in PyTorch on CPU or CUDA, under inference_mode; model is a file or a network."""
+    """Deployed graph in PyTorch on CPU or CUDA, under inference_mode.
+
+    model: a .pt model file, or a network instance (an nn.Module, e.g. during training's
+    evaluation), which only this backend can run.
+    """
 
     name = "pytorch"
 

@@ -1,7 +1,7 @@
 """Reading and writing ground-truth flow files: Middlebury .flo, KITTI 16-bit .png and .npy.
 
 Every flow here is a numpy array (H, W, 2) float32 holding (u, v) in pixels, frame 1 -> 2
-(the convention of ``mdflow_ros.flow``). ``read_flow`` / ``write_flow`` pick the format from
+(the convention of ``mdflow_ros.conventions``). ``read_flow`` / ``write_flow`` pick the format from
 the file suffix and carry a validity mask (H, W) bool alongside the flow.
 """
 from __future__ import annotations

@@ -17,7 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+from mdflow_ros.conventions import FRAME_ENCODINGS
+
+PIXEL_LAYOUTS: dict[str, tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
     "bgr8": (np.dtype(np.uint8), 3),
     "rgba8": (np.dtype(np.uint8), 4),
@@ -27,9 +29,9 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "32FC1": (np.dtype(np.float32), 1),
     "32FC2": (np.dtype(np.float32), 2),
 }
-"""Encodings this module reads and writes: numpy dtype and channel count."""
+"""Image encodings this module reads and writes, with the numpy dtype and channel count of each."""
 
-INPUT_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
+CAMERA_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 """Camera encodings the flow node accepts."""
 
 
@@ -50,11 +52,11 @@ def cv_bridge_available() -> bool:
     return spec is not None and str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
-def check_image(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> tuple[np.dtype, int]:
+def check_image(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> tuple[np.dtype, int]:
     """Validate an Image's encoding and sizes; returns its (dtype, channels) or raises ImageDecodeError."""
     if msg.encoding not in encodings:
         raise ImageDecodeError(f"unsupported encoding {msg.encoding!r} (accepted: {', '.join(encodings)})", "encoding")
-    dtype, channels = ENCODINGS[msg.encoding]
+    dtype, channels = PIXEL_LAYOUTS[msg.encoding]
     if msg.height == 0 or msg.width == 0:
         raise ImageDecodeError(f"zero-size image ({msg.width}x{msg.height})", "size")
     row = msg.width * channels * dtype.itemsize
@@ -68,7 +70,7 @@ def check_image(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> tupl
     return dtype, channels
 
 
-def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> np.ndarray:
+def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> np.ndarray:
     """Decode a sensor_msgs/Image with numpy: (H, W) for one channel, else (H, W, C), native byte order.
 
     The result is a view of ``msg.data`` (no copy) unless the data is 16-bit in the other byte order.
@@ -84,7 +86,7 @@ def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> n
     return pixels.reshape(msg.height, msg.width) if channels == 1 else pixels.reshape(msg.height, msg.width, channels)
 
 
-def image_to_array_cv_bridge(msg: Any, encodings: tuple[str, ...] = tuple(ENCODINGS)) -> np.ndarray:
+def image_to_array_cv_bridge(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> np.ndarray:
     """The same decoding as image_to_array, through the ROS 2 cv_bridge (needs cv_bridge_available())."""
     from cv_bridge import CvBridge
 
@@ -113,26 +115,26 @@ def estimator_input(pixels: np.ndarray, encoding: str) -> tuple[np.ndarray, str]
 
     Alpha is dropped (a view); mono16 becomes float32 in [0, 1] with encoding "mono8".
     """
-    if encoding in ("rgb8", "bgr8", "mono8"):
+    if encoding in FRAME_ENCODINGS:
         return pixels, encoding
     if encoding in ("rgba8", "bgra8"):
         return pixels[:, :, :3], encoding[:3] + "8"
     if encoding == "mono16":
         return pixels.astype(np.float32) * np.float32(1.0 / 65535.0), "mono8"
-    raise ImageDecodeError(f"unsupported encoding {encoding!r} (accepted: {', '.join(INPUT_ENCODINGS)})", "encoding")
+    raise ImageDecodeError(f"unsupported encoding {encoding!r} (accepted: {', '.join(CAMERA_ENCODINGS)})", "encoding")
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
     """numpy (H, W) or (H, W, C) -> sensor_msgs/Image with a tight step, native byte order.
 
-    ``pixels`` must have the dtype and channel count of ``encoding`` (see ENCODINGS); the
+    ``pixels`` must have the dtype and channel count of ``encoding`` (see PIXEL_LAYOUTS); the
     data is copied once. ``header`` (std_msgs/Header) is set when given.
     """
     from sensor_msgs.msg import Image
 
-    if encoding not in ENCODINGS:
-        raise ValueError(f"cannot encode {encoding!r}; supported: {', '.join(ENCODINGS)}")
-    dtype, channels = ENCODINGS[encoding]
+    if encoding not in PIXEL_LAYOUTS:
+        raise ValueError(f"cannot encode {encoding!r}; supported: {', '.join(PIXEL_LAYOUTS)}")
+    dtype, channels = PIXEL_LAYOUTS[encoding]
     shape_ok = pixels.ndim == 2 if channels == 1 else (pixels.ndim == 3 and pixels.shape[2] == channels)
     if pixels.dtype != dtype or not shape_ok:
         raise ValueError(f"{encoding} needs {dtype} with {channels} channel(s), got {pixels.dtype} {pixels.shape}")

@@ -2,19 +2,19 @@
 //
 //   out[b, k, y, x] = (1 / C) * sum_c f1[b, c, y, x] * f2[b, c, y + dy_k, x + dx_k]
 //
-// with (dy_k, dx_k) the k-th offset of mdflow_ros.flow.CDDC_OFFSETS and zero where
+// with (dy_k, dx_k) the k-th offset of mdflow_ros.conventions.CDDC_OFFSETS and zero where
 // (y + dy_k, x + dx_k) falls outside the image: the definition of
 // mdflow_ros.models.correlation.correlation_reference. f1, f2 are (B, C, H, W) and out is
 // (B, 53, H, W), all NCHW contiguous and of the same type; products are accumulated in fp32
 // for half data too, and only the result is rounded to the output type.
 //
-// This file is not compiled as it stands: the offset table is generated from flow.py.
+// This file is not compiled as it stands: the offset table is generated from conventions.py.
 // mdflow_ros.inference.trt_correlation_plugin.kernel_source() prepends
 //   #define MDFLOW_NUM_OFFSETS 53
 //   #define MDFLOW_CDDC_TABLE dy_0, dx_0, dy_1, dx_1, ...
-// so flow.py stays the one source of the pattern. The same text is compiled to PTX by nvcc
+// so conventions.py stays the one source of the pattern. The same text is compiled to PTX by nvcc
 // (the TensorRT plugin) and, with a host C++ compiler, into the CPU test harness
-// (tests/kernel_harness): everything that computes a value is a __host__ __device__
+// (tests/runtime/kernel_harness): everything that computes a value is a __host__ __device__
 // function below, and only the thread-index line of the kernels is device-only.
 //
 // Thread mapping: one thread per output element, x fastest (the linear NCHW index of out).

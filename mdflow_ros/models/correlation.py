@@ -1,6 +1,6 @@
 """FastFlowNet's 53-offset local correlation, in a reference and a fast form.
 
-Both compute, for every kept offset (dy, dx) of ``flow.CDDC_OFFSETS``,
+Both compute, for every kept offset (dy, dx) of ``conventions.CDDC_OFFSETS``,
 ``out[b, k, y, x] = mean_c f1[b, c, y, x] * f2[b, c, y + dy, x + dx]``
 (sum over channels divided by C, zero where (y + dy, x + dx) falls outside f2).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mdflow_ros.flow import CDDC_CHANNELS, CDDC_OFFSETS, MAX_DISPLACEMENT
+from mdflow_ros.conventions import CDDC_CHANNELS, CDDC_OFFSETS, MAX_DISPLACEMENT
 
 
 def correlation_reference(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:

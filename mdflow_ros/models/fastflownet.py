@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdflow_ros.flow import DIV_FLOW, normalize_pair, warp
+from mdflow_ros.conventions import DIV_FLOW
+from mdflow_ros.flow import normalize_pair, warp
 from mdflow_ros.models.correlation import correlation_53
 
 PYRAMID_LEVELS = (6, 5, 4, 3, 2)

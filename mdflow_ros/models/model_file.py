@@ -17,15 +17,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mdflow_ros.atomic_file import atomic_write
+from mdflow_ros.files import ModelFileError, atomic_write
 from mdflow_ros.models.fastflownet import FastFlowNet
 from mdflow_ros.models.raft import RAFT
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"fastflownet": FastFlowNet, "raft": RAFT}
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, corrupt, unsafe, or not a model of a known architecture."""
 
 
 @dataclass

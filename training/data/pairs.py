@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mdflow_ros.flow import SIZE_MULTIPLE
+from mdflow_ros.conventions import SIZE_MULTIPLE
 from training.data.file_sources import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
