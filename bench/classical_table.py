@@ -4,12 +4,12 @@
         --data PATH [PATH ...] --out RUN_DIR --teacher mdflow_ros/weights/teacher_fastflownet.pt \
         --phase rates|train|table [--budget-min 20] [--rows NAME ...] [--threads 1] [--table FILE.md]
 
-Three phases, so that the throughput is measured on a quiet machine while the training rows may
-share it with other work:
+Three phases. The budget is CPU time (of the training process and its loader workers), which
+other work on a shared machine barely changes, unlike wall time:
 
-- ``rates``: each row's training throughput (pairs/s, labels included: classical rows start with
-  an empty partner cache) from ``--probe-steps`` timed steps after 3 warm-up steps, on
-  ``--threads`` threads; written to RUN_DIR/rates.json.
+- ``rates``: each row's training throughput in pairs per CPU second (labels included: classical
+  rows start with an empty partner cache), from ``--probe-steps`` more steps than a 3-step run,
+  on ``--threads`` threads; written to RUN_DIR/rates.json.
 - ``train``: each row trains for budget x its rate pairs, i.e. the same CPU time on this CPU
   (resumable; complete rows are skipped), validating its moving average 4 times on the way on
   the validation split, the held-out synthetic set and the ground-truth folders.
@@ -27,6 +27,9 @@ import argparse
 import copy
 import json
 import logging
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from training.config import load_config, merge
@@ -44,6 +48,8 @@ from training.partners import ClassicalFlow
 from training.train import train_stage
 
 LOG = logging.getLogger("mdflow_ros.bench")
+
+REPO = Path(__file__).resolve().parents[1]
 
 WARMUP_STEPS: int = 3
 """Untimed steps before a row's throughput is measured."""
@@ -94,22 +100,35 @@ def row_config(row: Row, classical: dict[str, Any], stage1: dict[str, Any], thre
     return cfg
 
 
-def measure_rate(cfg: dict[str, Any], data: Sequence[str], teacher: Path | None, steps: int) -> float:
-    """Training pairs per second of ``cfg`` over ``steps`` steps after 3 warm-up steps (no validation).
+def cpu_seconds_of(cfg: dict[str, Any], data: Sequence[str], teacher: Path | None, steps: int, tmp: Path) -> float:
+    """CPU seconds (user + system, loader workers included) of train.py running ``cfg`` for ``steps`` steps."""
+    run = tmp / f"run{steps}"
+    config = tmp / f"config{steps}.yaml"
+    config.write_text(yaml.safe_dump(merge(cfg, {"train": {"steps": steps}})))
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(config), "--data", *data,
+           "--out", str(run)] + (["--init", str(teacher)] if teacher else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
-    From the trainer's own per-step rate (data waiting included), so start-up is not counted.
+
+def measure_rate(cfg: dict[str, Any], data: Sequence[str], teacher: Path | None, steps: int) -> float:
+    """Training pairs per CPU second of ``cfg``: the CPU time of ``steps`` more steps than a WARMUP_STEPS run.
+
+    CPU time (of the training process and its loader workers), not wall time, so that other work on
+    the machine does not change the budget; start-up cancels out between the two runs, each with
+    an empty partner cache (labels included in the cost).
     """
+    cfg = merge(cfg, {"train": {"val_every": 10 ** 9, "checkpoint_every": 10 ** 9},
+                      "validation": {"split_pairs": 0, "synthetic_pairs": 0, "paths": []}})
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = merge(cfg, {"train": {"steps": WARMUP_STEPS + steps, "log_every": 1, "val_every": 10 ** 9,
-                                    "checkpoint_every": 10 ** 9},
-                          "validation": {"split_pairs": 0, "synthetic_pairs": 0, "paths": []}})
-        if cfg["partner"]["cache_dir"] is not None:
-            cfg["partner"]["cache_dir"] = str(Path(tmp) / "cache")
-        train_stage(cfg, data, Path(tmp) / "run", init=teacher)
-        events = EventAccumulator(str(Path(tmp) / "run" / "tb"), size_guidance={"scalars": 0})
-        events.Reload()
-        rates = [e.value for e in events.Scalars("train/pairs_per_s") if e.step > WARMUP_STEPS]
-        return len(rates) / sum(1.0 / r for r in rates)
+        costs = []
+        for n in (WARMUP_STEPS, WARMUP_STEPS + steps):
+            if cfg["partner"]["cache_dir"] is not None:
+                cfg["partner"]["cache_dir"] = str(Path(tmp) / f"cache{n}")
+            costs.append(cpu_seconds_of(cfg, data, teacher, n, Path(tmp)))
+        return steps * cfg["train"]["batch_size"] / (costs[1] - costs[0])
 
 
 def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -124,11 +143,12 @@ def markdown(rows: Sequence[Row], out: Path, rates: dict[str, float], budget_min
              partners: dict[str, dict[str, dict[str, float]]], set_names: list[str], command: str) -> str:
     """The table: per row and checkpoint, EPE (Fl-all %) on every set; the partners beneath."""
     lines = ["# Classical partner against photometric stage 1, at equal CPU budgets", "", f"`{command}`", "",
-             f"Every row trains for {budget_min:g} CPU-minutes at its own measured rate (pairs/s, labels included, "
-             "on an empty partner cache), validated 4 times on the way; the model is the moving average of the "
+             f"Every row trains for {budget_min:g} CPU-minutes (training process and loader workers) at its own "
+             "measured rate (pairs per CPU second, labels included, on an empty partner cache), validated 4 times "
+             "on the way; the model is the moving average of the "
              "weights (EMA 0.99). EPE in pixels (Fl-all in %). The validation split is the set a checkpoint would be "
              "chosen on; the others are evaluation sets.", "",
-             "| row | pairs/s | step | " + " | ".join(set_names) + " |",
+             "| row | pairs per CPU s | step | " + " | ".join(set_names) + " |",
              "|---|---|---|" + "---|" * len(set_names)]
     for row in rows:
         done = completed_model(out / row.name) is not None
@@ -159,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="run directory (one subdirectory per row)")
     parser.add_argument("--teacher", type=Path, required=True, help="the shipped teacher (start of the rows that use it)")
     parser.add_argument("--phase", choices=("rates", "train", "table"), required=True)
-    parser.add_argument("--budget-min", type=float, default=20.0, help="CPU-minutes per row")
+    parser.add_argument("--budget-min", type=float, default=20.0, help="CPU-minutes per row (training process and workers)")
     parser.add_argument("--probe-steps", type=int, default=10, help="timed steps per row in the rates phase")
     parser.add_argument("--rows", nargs="*", default=None, help=f"only these rows (default: {', '.join(r.name for r in ROWS)})")
     parser.add_argument("--threads", type=int, default=1)

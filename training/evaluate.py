@@ -3,7 +3,11 @@
 Training's validation and the command line share this. Models run through FlowEstimator,
 the same pre- and post-processing as deployment.
 
-    python training/evaluate.py MODEL.pt [--data BENCHMARK_DIR ...] [--synthetic N]
+    python training/evaluate.py MODEL.pt [MODEL.pt ...] [--data BENCHMARK_DIR ...] [--synthetic N]
+                                [--split-photos DIR ... [--split-pairs N]]
+
+With ``--split-photos`` it also measures the validation split (pairs rendered from photos
+training never sees, as the trainer's validation does): the set to choose a checkpoint on.
 """
 from __future__ import annotations
 
@@ -99,16 +103,25 @@ def make_validator(config: dict[str, Any]) -> Callable[[torch.nn.Module, int], d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model file (.pt or .onnx)")
+    parser.add_argument("models", nargs="+", help="model files (.pt or .onnx)")
     parser.add_argument("--data", nargs="*", default=[], help="ground-truth folders (Sintel, KITTI, Chairs, Middlebury, pairs.tsv)")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
+    parser.add_argument("--split-photos", nargs="*", default=[], help="photo folders of the validation split")
+    parser.add_argument("--split-pairs", type=int, default=32, help="validation-split pairs (with --split-photos)")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
-    sets = ([synthetic_set(args.synthetic, (384, 512), 1234)] if args.synthetic else []) + benchmark_sets(args.data)
-    fn = estimator_fn(FlowEstimator(backend=args.backend, model=args.model, confidence=False))
+    sets = []
+    if args.split_photos:
+        from training.data.synthetic_pairs import photos_from_folders
+
+        sets.append(synthetic_set(args.split_pairs, (384, 512), 1234, photos_from_folders(args.split_photos),
+                                  VALIDATION_SPLIT))
+    sets += ([synthetic_set(args.synthetic, (384, 512), 1234)] if args.synthetic else []) + benchmark_sets(args.data)
+    methods = [(str(m), estimator_fn(FlowEstimator(backend=args.backend, model=m, confidence=False)))
+               for m in args.models] + [("zero flow", zero_flow)]
     print("| set | method | EPE | Fl-all |\n|---|---|---|---|")
     for dataset in sets:
-        for name, method in (("model", fn), ("zero flow", zero_flow)):
+        for name, method in methods:
             r = evaluate(method, dataset)
             print(f"| {dataset.name} | {name} | {r['epe']:.3f} | {r['fl_all']:.1f} % |")
 
