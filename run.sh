@@ -48,7 +48,7 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     # opencv-contrib-python-headless replaced opencv-python-headless; both own cv2/, so drop the old one first
     "$VENV/bin/python" -m pip uninstall -y -q opencv-python-headless 2>/dev/null || true
-    "$VENV/bin/python" -m pip install -q -e ".[ros,train,dev]"
+    "$VENV/bin/python" -m pip install -q -e ".[cpu,ros,train,dev]"
     PYTHON="$VENV/bin/python" bash tools/build_msgs.sh
     echo "$want" > "$STAMP"
   else

@@ -1,13 +1,27 @@
 """pip installation of mdflow_ros (the ROS 2 build goes through CMakeLists.txt and colcon).
 
-The plain install is the runtime a robot needs: the ONNX Runtime backend, the CLI and (with the
-ROS 2 packages) the node, no PyTorch. Extras: "torch" adds the PyTorch backend and the ONNX
-export of .pt files; "train" everything training needs; "ros" the ROS 2 Kilted wheels from PyPI
-(the pip/.venv set-up); "demo" the photos of the demo; "gpu" TensorRT; "dev" the tests.
+The plain install is the runtime without an inference library: NumPy, OpenCV, the CLI and
+(with the ROS 2 packages) the node, no PyTorch. ONNX Runtime comes in exactly one of two
+extras, because its CPU and GPU packages cannot share an environment (both install the
+``onnxruntime`` module, and whichever is installed last wins; the CUDA provider silently
+disappears when that is the CPU one):
+- "cpu": onnxruntime, the CPU build;
+- "gpu": onnxruntime-gpu, TensorRT, PyCUDA and onnx, for x86-64 Linux. PyPI has no aarch64
+  onnxruntime-gpu, and on a Jetson TensorRT comes with JetPack, so there "gpu" adds PyCUDA and
+  onnx only (take ONNX Runtime GPU from NVIDIA's Jetson wheels).
+Pick one of "cpu" and "gpu"; the other extras hold no ONNX Runtime: "torch" adds the PyTorch
+backend and the ONNX export of .pt files; "train" everything training needs; "ros" the ROS 2
+Kilted wheels from PyPI (the pip/.venv set-up); "demo" the photos of the demo; "autocast" NVIDIA
+ModelOpt, which TensorRT 11 needs for FP16 engines (it brings PyTorch and its own ONNX Runtime
+pin, onnxruntime-gpu on x86-64); "dev" the tests. tests/test_setup.py checks the combinations.
 """
 from setuptools import find_packages, setup
 
-RUNTIME = ["numpy>=1.26", "onnxruntime>=1.18", "opencv-contrib-python-headless>=4.8"]
+RUNTIME = ["numpy>=1.26", "opencv-contrib-python-headless>=4.8"]
+X86_64 = "platform_machine == 'x86_64'"
+CPU = ["onnxruntime>=1.18"]
+GPU = [f"onnxruntime-gpu>=1.18; {X86_64}", f"tensorrt; {X86_64}", "pycuda", "onnx>=1.16"]
+AUTOCAST = ["nvidia-modelopt[onnx]"]
 TORCH = ["torch>=2.3", "onnx>=1.16"]
 ROS = [
     "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
@@ -18,7 +32,6 @@ ROS = [
 DEMO = ["scikit-image>=0.22"]
 TRAIN = [*TORCH, *DEMO, "rosbags>=0.11", "rosbags-image>=0.10", "tensorboard", "tqdm", "pyyaml", "pillow",
          "matplotlib"]
-GPU = ["onnxruntime-gpu", "tensorrt", "pycuda", "onnx>=1.16", "nvidia-modelopt[onnx]"]
 DEV = [*TORCH, *DEMO, "pytest>=8", "pyyaml", "onnxscript"]
 
 setup(
@@ -29,7 +42,8 @@ setup(
     packages=find_packages(include=["mdflow_ros", "mdflow_ros.*", "training", "training.*"]),
     package_data={"mdflow_ros": ["weights/*", "kernels/*.cu"]},
     install_requires=RUNTIME,
-    extras_require={"torch": TORCH, "train": TRAIN, "ros": ROS, "demo": DEMO, "gpu": GPU, "dev": DEV},
+    extras_require={"cpu": CPU, "gpu": GPU, "torch": TORCH, "train": TRAIN, "ros": ROS, "demo": DEMO,
+                    "autocast": AUTOCAST, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
         "flow_node = mdflow_ros.ros.node:main",

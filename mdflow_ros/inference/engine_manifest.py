@@ -12,9 +12,13 @@ Cache layout (``cache_root`` defaults to ``onnx_files.cache_dir()``)::
     cache_root/engines/<key>/manifest.json    its EngineManifest
     cache_root/timing/<trt version>-sm<cc>-<gpu>.cache   TensorRT timing cache, per device + version
 
-``<key>`` hashes the EngineSpec and the DeviceInfo, so engines for different GPUs, TensorRT
-versions, sizes or precisions live side by side. export_trt writes the same two files (plus
-the ONNX they came from) into its output folder. Pure Python: no TensorRT needed here.
+``<key>`` hashes the EngineSpec and the DeviceInfo (but not the driver version, which engines
+do not depend on), so engines for different GPUs, TensorRT versions, sizes or precisions live
+side by side. export_trt writes the same files (plus the ONNX they came from, and its timing
+cache under ``timing/`` named the same way) into its output folder. Engines of the plugin route
+embed PTX, which the driver compiles at load: their manifest records its ISA and nvcc release
+(``ptx_compat.KernelBuild``), and ``mismatch`` refuses them on a driver too old for it. Pure
+Python: no TensorRT needed here.
 """
 from __future__ import annotations
 
@@ -28,11 +32,14 @@ from typing import Any
 
 from mdflow_ros.conventions import SIZE_MULTIPLE
 from mdflow_ros.files import atomic_write_bytes, file_sha256
+from mdflow_ros.inference.ptx_compat import KernelBuild, Version, ptx_load_problem, version_text
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""2: the kernel build of plugin engines and the driver's CUDA version; fp32 means no TF32."""
 ROUTES = ("onnx_ops", "plugin_aot")
 """Correlation in the engine: standard ONNX ops (default) or the CUDA kernel as an AOT plugin."""
 PRECISIONS = ("fp32", "fp16")
+"""fp32 engines are built with TF32 off (IEEE fp32 convolutions); fp16 with FP16 kernels allowed."""
 ENGINE_FILE = "model.engine"
 MANIFEST_FILE = "manifest.json"
 
@@ -105,14 +112,21 @@ DEFAULT_DYNAMIC_PROFILE = Profile((64, 64), (384, 512), (1088, 1920))
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Where an engine is built or run: TensorRT version, GPU name and compute capability."""
+    """Where an engine is built or run: TensorRT version, GPU name, compute capability, driver.
+
+    cuda_driver: the CUDA version the GPU driver supports, e.g. (12, 6); None when unknown. It
+    is not part of the cache key: an engine does not depend on it, but its PTX may need a newer one.
+    """
 
     tensorrt_version: str
     gpu_name: str
     compute_capability: tuple[int, int]
+    cuda_driver: Version | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "compute_capability", tuple(int(v) for v in self.compute_capability))
+        if self.cuda_driver is not None:
+            object.__setattr__(self, "cuda_driver", tuple(int(v) for v in self.cuda_driver))
 
     @property
     def sm(self) -> str:
@@ -120,7 +134,8 @@ class DeviceInfo:
         return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
 
     def describe(self) -> str:
-        return f"{self.gpu_name} ({self.sm}) with TensorRT {self.tensorrt_version}"
+        driver = "" if self.cuda_driver is None else f", driver for CUDA {version_text(self.cuda_driver)}"
+        return f"{self.gpu_name} ({self.sm}) with TensorRT {self.tensorrt_version}{driver}"
 
 
 @dataclass(frozen=True)
@@ -154,7 +169,8 @@ class EngineManifest:
 
     engine_file: the engine's file name, in the manifest's folder. onnx_file: the ONNX it was
     built from, relative to that folder or absolute (used to rebuild). engine_sha256: SHA-256 of
-    the engine file, to catch a replaced or truncated engine.
+    the engine file, to catch a replaced or truncated engine. kernel: the PTX the engine embeds
+    (route plugin_aot, where it is required), None for onnx_ops.
     """
 
     spec: EngineSpec
@@ -163,13 +179,20 @@ class EngineManifest:
     engine_sha256: str
     onnx_file: str
     created_utc: str
+    kernel: KernelBuild | None = None
+
+    def __post_init__(self):
+        if (self.kernel is None) != (self.spec.correlation_route == "onnx_ops"):
+            raise ValueError("the kernel build is required for route 'plugin_aot' and must be None for 'onnx_ops'")
 
     def to_dict(self) -> dict[str, Any]:
         spec = asdict(self.spec)
         spec["profile"] = {k: list(v) for k, v in spec["profile"].items()}
         device = asdict(self.device)
         device["compute_capability"] = list(self.device.compute_capability)
-        return {"manifest_version": MANIFEST_VERSION, "spec": spec, "device": device,
+        device["cuda_driver"] = None if self.device.cuda_driver is None else list(self.device.cuda_driver)
+        kernel = None if self.kernel is None else {k: list(v) for k, v in asdict(self.kernel).items()}
+        return {"manifest_version": MANIFEST_VERSION, "spec": spec, "device": device, "kernel": kernel,
                 "engine_file": self.engine_file, "engine_sha256": self.engine_sha256,
                 "onnx_file": self.onnx_file, "created_utc": self.created_utc}
 
@@ -181,22 +204,24 @@ class EngineManifest:
                 raise ManifestError(f"manifest version {data['manifest_version']!r} is not {MANIFEST_VERSION}")
             spec = dict(data["spec"])
             spec["profile"] = Profile(**{k: tuple(v) for k, v in spec["profile"].items()})
+            kernel = None if data["kernel"] is None else KernelBuild(**data["kernel"])
             return cls(spec=EngineSpec(**spec), device=DeviceInfo(**data["device"]),
                        engine_file=data["engine_file"], engine_sha256=data["engine_sha256"],
-                       onnx_file=data["onnx_file"], created_utc=data["created_utc"])
+                       onnx_file=data["onnx_file"], created_utc=data["created_utc"], kernel=kernel)
         except ManifestError:
             raise
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"malformed engine manifest ({type(err).__name__}: {err})") from None
 
 
-def new_manifest(spec: EngineSpec, device: DeviceInfo, engine_path: Path, onnx_path: Path) -> EngineManifest:
+def new_manifest(spec: EngineSpec, device: DeviceInfo, engine_path: Path, onnx_path: Path,
+                 kernel: KernelBuild | None = None) -> EngineManifest:
     """The manifest for an engine just written to ``engine_path`` (hashes the engine file)."""
     onnx_path = Path(onnx_path)
     onnx_file = onnx_path.name if onnx_path.parent.resolve() == Path(engine_path).parent.resolve() else str(onnx_path)
     return EngineManifest(spec=spec, device=device, engine_file=Path(engine_path).name,
                           engine_sha256=file_sha256(engine_path), onnx_file=onnx_file,
-                          created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                          created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), kernel=kernel)
 
 
 def write_manifest(manifest: EngineManifest, path: str | Path) -> None:
@@ -241,6 +266,8 @@ def mismatch(manifest: EngineManifest, spec: EngineSpec, device: DeviceInfo) -> 
     if old.with_confidence != new.with_confidence:
         return (f"engine was built {'with' if old.with_confidence else 'without'} confidence, but "
                 f"confidence={new.with_confidence} was asked for")
+    if manifest.kernel is not None and here.cuda_driver is not None:
+        return ptx_load_problem(manifest.kernel, here.cuda_driver)
     return None
 
 
@@ -271,8 +298,9 @@ def _slug(text: str) -> str:
 
 
 def cache_key(spec: EngineSpec, device: DeviceInfo) -> str:
-    """20 hex digits naming the cache entry of ``spec`` built on ``device``."""
-    payload = json.dumps({"spec": asdict(spec), "device": asdict(device)}, sort_keys=True)
+    """20 hex digits naming the cache entry of ``spec`` built on ``device`` (whatever its driver version)."""
+    where = {k: v for k, v in asdict(device).items() if k != "cuda_driver"}
+    payload = json.dumps({"spec": asdict(spec), "device": where}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -282,6 +310,11 @@ def engine_dir(cache_root: str | Path, spec: EngineSpec, device: DeviceInfo) -> 
 
 
 def timing_cache_path(cache_root: str | Path, device: DeviceInfo) -> Path:
-    """The TensorRT timing cache shared by all builds on this GPU model and TensorRT version."""
+    """The TensorRT timing cache shared by all builds on this GPU model and TensorRT version.
+
+    A timing cache only serves the device and TensorRT version that wrote it (TensorRT's
+    builder-performance guide), so each pair gets its own file, in the engine cache and in
+    export_trt's output folder alike.
+    """
     name = f"{_slug(device.tensorrt_version)}-{device.sm.replace('_', '')}-{_slug(device.gpu_name)}.cache"
     return Path(cache_root) / "timing" / name

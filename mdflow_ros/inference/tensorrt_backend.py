@@ -18,7 +18,12 @@ Runtime rules (the CUDA context is per thread; contexts mixed across threads or 
 The engine runs the deployed graph (img1, img2 -> flow [, confidence]) from
 ``onnx_export.export_onnx``. Precision: TensorRT 10 builds FP16 through its FP16 builder
 flag; TensorRT 11 removed that flag (strong typing only), so FP16 there means an FP16 ONNX
-made by NVIDIA ModelOpt AutoCast first.
+made by NVIDIA ModelOpt AutoCast first. FP32 engines are built with BuilderFlag.TF32 cleared:
+TensorRT allows TF32 (10-bit mantissa) convolutions by default on Ampere and newer, which can
+move the flow by more than the 0.01 px parity limit without any bug; fp32 here means IEEE fp32
+(fp16 is the fast precision). Correlation route "auto" takes the kernel plugin where it can
+run (TensorRT >= 10.9, nvcc, a driver that loads its PTX) and the standard-op route elsewhere,
+e.g. on Jetson Orin with JetPack 6 (TensorRT 10.3).
 
 Status: written against the TensorRT 10/11 and PyCUDA documentation and unit-checked on a
 machine without a GPU (the thread hand-off is tested with a fake context); the TensorRT and
@@ -26,6 +31,7 @@ PyCUDA calls themselves have not run on a GPU yet.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import queue
@@ -45,21 +51,39 @@ from mdflow_ros.inference.engine_manifest import (DEFAULT_DYNAMIC_PROFILE, ENGIN
                                                   Profile, check_engine, engine_dir,
                                                   new_manifest, read_manifest, timing_cache_path, write_manifest)
 from mdflow_ros.inference.onnx_files import INPUT_NAMES, cache_dir, onnx_for
+from mdflow_ros.inference.ptx_compat import driver_cuda_version, parse_version
 
 LOG = logging.getLogger("mdflow_ros.inference")
 T = TypeVar("T")
+MIN_TENSORRT = (10, 0)
+"""This backend uses the TensorRT 10 API (name-based I/O, execute_async_v3, no implicit batch)."""
+CUDA_DRIVER_LIBRARY = "libcuda.so.1"
+"""The CUDA driver library (Linux, Jetson included), opened through ctypes for one call PyCUDA lacks."""
+ROUTE_CHOICES = ("auto", *ROUTES)
+"""What a user may ask for as the correlation route: "auto" resolves to one of ROUTES per device."""
 
 
 class EngineBuildError(RuntimeError):
     """TensorRT could not build an engine from the ONNX; the message says why."""
 
 
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why this backend cannot use TensorRT ``version`` (older than MIN_TENSORRT), or None."""
+    if parse_version(version) >= MIN_TENSORRT:
+        return None
+    return (f"TensorRT {version} is too old: this backend needs TensorRT >= {MIN_TENSORRT[0]} (JetPacks before 6.1 "
+            "ship TensorRT 8: use JetPack 6.1 or newer, or the onnxruntime backend)")
+
+
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or BackendUnavailable('TensorRT is not installed ...')."""
+    """The ``tensorrt`` module, or BackendUnavailable saying it is not installed or too old."""
     try:
         import tensorrt
     except ImportError as err:
-        raise BackendUnavailable(f"TensorRT is not installed (pip install tensorrt; {err})") from None
+        raise BackendUnavailable(f"TensorRT is not installed (pip install 'mdflow_ros[gpu]'; {err})") from None
+    problem = tensorrt_version_problem(tensorrt.__version__)
+    if problem is not None:
+        raise BackendUnavailable(problem)
     return tensorrt
 
 
@@ -85,40 +109,94 @@ def open_device(cuda: Any, device_id: int = 0) -> Any:
     return cuda.Device(device_id)
 
 
-def device_info(trt: Any, device: Any) -> DeviceInfo:
-    """TensorRT version, GPU name and compute capability of a PyCUDA Device."""
-    return DeviceInfo(trt.__version__, device.name(), tuple(device.compute_capability()))
+def device_info(trt: Any, cuda: Any, device: Any) -> DeviceInfo:
+    """TensorRT version, GPU name, compute capability of a PyCUDA Device, and the driver's CUDA version."""
+    return DeviceInfo(trt.__version__, device.name(), tuple(device.compute_capability()),
+                      driver_cuda_version(cuda.get_driver_version()))
 
 
 def probe_device(device_id: int = 0) -> DeviceInfo:
     """DeviceInfo of GPU ``device_id``; BackendUnavailable naming what is missing (TensorRT, PyCUDA, a GPU)."""
     trt = import_tensorrt()
     cuda = import_pycuda()
-    return device_info(trt, open_device(cuda, device_id))
+    return device_info(trt, cuda, open_device(cuda, device_id))
 
 
-def fp16_onnx_for_strong_typing(src: Path, dst: Path, route: str) -> Path:
+def has_fp16_flag(trt: Any) -> bool:
+    """Whether this TensorRT has BuilderFlag.FP16 (TensorRT 10 does; TensorRT 11 removed it)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def choose_route(requested: str, device: DeviceInfo, precision: str, fp16_flag: bool) -> str:
+    """The correlation route to build: ``requested``, or for "auto" the plugin where it can run, else onnx_ops.
+
+    The plugin route needs TensorRT >= 10.9 (and, for fp16, the FP16 builder flag), nvcc, and a
+    driver that loads the PTX that nvcc writes (``trt_correlation_plugin.route_problem`` and
+    ``kernel_problem``); the choice and its reason are logged.
+    """
+    if requested != "auto":
+        return requested
+    problem = (plugin.route_problem(device.tensorrt_version, precision, fp16_flag)
+               or plugin.kernel_problem(device.compute_capability, device.cuda_driver))
+    if problem is not None:
+        LOG.info("correlation 'auto' on %s: the standard-op route (onnx_ops), since %s", device.describe(), problem)
+        return "onnx_ops"
+    LOG.info("correlation 'auto' on %s: the CUDA kernel plugin route (plugin_aot)", device.describe())
+    return "plugin_aot"
+
+
+def fp16_onnx_for_strong_typing(src: Path, dst: Path) -> Path:
     """TensorRT 11 path to FP16: convert the ONNX with ModelOpt AutoCast (FP32 inputs and outputs kept).
 
-    Refused for the plugin route: AutoCast runs the graph in ONNX Runtime, which has no
-    ``mdflow::Correlation53``.
+    Only for the standard-op ONNX: AutoCast runs the graph in ONNX Runtime, which has no
+    ``mdflow::Correlation53`` (``trt_correlation_plugin.route_problem`` refuses that case first).
     """
-    if route == "plugin_aot":
-        raise EngineBuildError(
-            "TensorRT 11 has no FP16 builder flag (FP16 must be in the ONNX), and ModelOpt AutoCast cannot convert "
-            "the plugin ONNX: build FP16 with correlation route onnx_ops, or FP32 with plugin_aot")
     try:
         from modelopt.onnx.autocast import convert_to_mixed_precision
     except ImportError:
         raise EngineBuildError(
             "this TensorRT has no FP16 builder flag (removed in TensorRT 11): FP16 must be in the ONNX. Install "
-            "NVIDIA ModelOpt (pip install 'nvidia-modelopt[onnx]') to convert it with AutoCast, or build fp32"
+            "NVIDIA ModelOpt (pip install 'mdflow_ros[autocast]') to convert it with AutoCast, or build fp32"
         ) from None
     model = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     onnx.save(model, str(tmp))
     tmp.replace(dst)
     return dst
+
+
+def attach_timing_cache(config: Any, path: Path) -> bool:
+    """Give the builder ``config`` the timing cache at ``path``, or an empty one if TensorRT cannot use that.
+
+    TensorRT reports these failures by return value, not by exception: ``create_timing_cache``
+    returns None for bytes it cannot parse, and ``set_timing_cache`` returns False for a cache
+    from another device or TensorRT version when mismatches are not ignored (NvInfer.h,
+    IBuilderConfig::createTimingCache / setTimingCache; the Python bindings in TensorRT's
+    python/src/infer/pyCore.cpp pass both results through unchecked). Returns whether a cache
+    is attached; the build then runs without one, only slower.
+    """
+    previous = path.read_bytes() if path.is_file() else b""
+    if previous:
+        cache = config.create_timing_cache(previous)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        why = "TensorRT cannot read it" if cache is None else "it is for another GPU or TensorRT version"
+        LOG.warning("ignoring the timing cache %s (%s); starting an empty one", path, why)
+    cache = config.create_timing_cache(b"")
+    if cache is not None and config.set_timing_cache(cache, False):
+        return True
+    LOG.warning("building without a timing cache: TensorRT could not create an empty one")
+    return False
+
+
+def save_timing_cache(config: Any, path: Path) -> bool:
+    """Write ``config``'s timing cache to ``path`` after a build; False (logged) when TensorRT returns none."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        LOG.warning("TensorRT returned no timing cache after the build; %s is left as it was", path)
+        return False
+    atomic_write_bytes(path, bytes(cache.serialize()))
+    return True
 
 
 def build_engine(onnx_path: Path, out_dir: Path, spec: EngineSpec, device: DeviceInfo, workspace_mb: int = 1024,
@@ -128,21 +206,23 @@ def build_engine(onnx_path: Path, out_dir: Path, spec: EngineSpec, device: Devic
     ``onnx_path`` is the file ``spec.onnx_sha256`` describes (the plugin ONNX for route
     plugin_aot). Inputs img1, img2 get ``spec.profile`` (1, 3, H, W). The engine is written to
     a temporary file and renamed, then the manifest; a crash in between leaves a manifest whose
-    SHA-256 no longer matches, which ``check_engine`` refuses. ``timing_cache`` is read if present
-    and rewritten after the build. Runs on the GPU; not yet run on one.
+    SHA-256 no longer matches, which ``check_engine`` refuses. ``timing_cache`` is read if TensorRT
+    can use it (``attach_timing_cache``) and rewritten after the build. fp32 builds clear TF32.
+    EngineBuildError, or the plugin's PluginRouteError, says why no engine could be built.
+    Runs on the GPU; not yet run on one.
     """
     trt = import_tensorrt()
     out_dir.mkdir(parents=True, exist_ok=True)
+    weak_fp16 = spec.precision == "fp16" and has_fp16_flag(trt)
+    kernel = None
     if spec.correlation_route == "plugin_aot":
-        plugin.register(device.compute_capability)
+        problem = plugin.route_problem(trt.__version__, spec.precision, has_fp16_flag(trt))
+        if problem is not None:
+            raise plugin.PluginRouteError(problem)
+        kernel = plugin.register(device.compute_capability, device.cuda_driver)
     build_onnx = onnx_path
-    weak_fp16 = False
-    if spec.precision == "fp16":
-        if hasattr(trt.BuilderFlag, "FP16"):
-            weak_fp16 = True
-        else:
-            build_onnx = fp16_onnx_for_strong_typing(onnx_path, out_dir / f"{onnx_path.stem}.fp16.onnx",
-                                                     spec.correlation_route)
+    if spec.precision == "fp16" and not weak_fp16:
+        build_onnx = fp16_onnx_for_strong_typing(onnx_path, out_dir / f"{onnx_path.stem}.fp16.onnx")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -154,26 +234,21 @@ def build_engine(onnx_path: Path, out_dir: Path, spec: EngineSpec, device: Devic
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if weak_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
+    if spec.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name in INPUT_NAMES:
         profile.set_shape(name, (1, 3, *spec.profile.min), (1, 3, *spec.profile.opt), (1, 3, *spec.profile.max))
     config.add_optimization_profile(profile)
-    if timing_cache is not None:
-        previous = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        try:
-            cache = config.create_timing_cache(previous)
-        except (RuntimeError, TypeError) as err:
-            LOG.warning("ignoring the unreadable timing cache %s (%s)", timing_cache, err)
-            cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+    cached = timing_cache is not None and attach_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT could not build an engine from {build_onnx} (its log above says why)")
     engine_path = out_dir / ENGINE_FILE
     atomic_write_bytes(engine_path, bytes(serialized))
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    manifest = new_manifest(spec, device, engine_path, onnx_path)
+    if cached:
+        save_timing_cache(config, timing_cache)
+    manifest = new_manifest(spec, device, engine_path, onnx_path, kernel)
     write_manifest(manifest, out_dir / MANIFEST_FILE)
     return manifest
 
@@ -186,6 +261,26 @@ class ContextLike(Protocol):
     def pop(self) -> None: ...
 
     def release(self) -> None: ...
+
+
+def current_context(driver: Any) -> int:
+    """The calling thread's current CUDA context (its handle; 0 for none), through libcuda's cuCtxGetCurrent."""
+    current = ctypes.c_void_p()
+    if driver.cuCtxGetCurrent(ctypes.byref(current)) != 0:
+        return 0
+    return current.value or 0
+
+
+def pop_if_current(driver: Any, handle: int) -> bool:
+    """Pop the calling thread's current CUDA context if it is ``handle`` (not 0); whether it was popped.
+
+    ``driver`` is the CUDA driver library (libcuda) through ctypes; cuCtxPopCurrent_v2 is the
+    symbol ``cuCtxPopCurrent`` names since CUDA 4.0, and returns 0 on success.
+    """
+    if not handle or current_context(driver) != handle:
+        return False
+    popped = ctypes.c_void_p()
+    return driver.cuCtxPopCurrent_v2(ctypes.byref(popped)) == 0
 
 
 class PrimaryContext:
@@ -203,7 +298,26 @@ class PrimaryContext:
         self._cuda.Context.pop()
 
     def release(self) -> None:
+        """Release the retained primary context and take it off this thread's context stack.
+
+        PyCUDA's ``detach`` of a context that is not current pushes it, then calls
+        cuDevicePrimaryCtxRelease, which "unlike cuCtxDestroy() does not pop the context from
+        stack in any circumstances" (CUDA driver API; inducer/pycuda src/cpp/cuda.hpp,
+        ``context::detach`` and ``primary_context::detach_internal``). PyCUDA's own stack is
+        empty by then, so ``Context.pop`` would refuse: the context's handle is read while it is
+        pushed once more, and after the release it is popped through the driver.
+        """
+        try:
+            driver = ctypes.CDLL(CUDA_DRIVER_LIBRARY)
+        except OSError as err:
+            LOG.warning("cannot open %s to pop the released primary context (%s)", CUDA_DRIVER_LIBRARY, err)
+            self._context.detach()
+            return
+        self._context.push()
+        handle = current_context(driver)
+        self._cuda.Context.pop()
         self._context.detach()
+        pop_if_current(driver, handle)
 
 
 class GpuWorker:
@@ -408,9 +522,9 @@ class TensorRTBackend:
     TensorRT version, size profile, precision and route), or a .engine from export_trt (used
     when its manifest matches, otherwise rebuilt from its ONNX or refused). input_size: fixed
     (height, width) for a static engine; None accepts any multiple of 64 up to 1088 x 1920.
-    precision "fp32" or "fp16"; correlation "onnx_ops" (default) or "plugin_aot" (the CUDA
-    kernel, TensorRT >= 10.9 and nvcc needed to build). cache_root: engine cache (default
-    $MDFLOW_CACHE or ~/.cache/mdflow_ros).
+    precision "fp32" (IEEE, TF32 off) or "fp16"; correlation "onnx_ops" (default), "plugin_aot"
+    (the CUDA kernel; TensorRT >= 10.9, nvcc and a driver that loads its PTX needed to build) or
+    "auto" (``choose_route``). cache_root: engine cache (default $MDFLOW_CACHE or ~/.cache/mdflow_ros).
     """
 
     name = "tensorrt"
@@ -420,8 +534,8 @@ class TensorRTBackend:
                  workspace_mb: int = 1024, device_id: int = 0):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if correlation not in ROUTES:
-            raise ValueError(f"correlation must be one of {ROUTES}, got {correlation!r}")
+        if correlation not in ROUTE_CHOICES:
+            raise ValueError(f"correlation must be one of {ROUTE_CHOICES}, got {correlation!r}")
         trt = import_tensorrt()
         cuda = import_pycuda()
         self.with_confidence = with_confidence
@@ -430,18 +544,19 @@ class TensorRTBackend:
         profile = Profile.static(*input_size) if input_size is not None else DEFAULT_DYNAMIC_PROFILE
 
         def open_engine() -> tuple[EngineSession, Path, EngineManifest]:
-            device = device_info(trt, cuda.Device(device_id))
+            device = device_info(trt, cuda, cuda.Device(device_id))
             if model_path.suffix in (".engine", ".plan"):
                 engine_path, manifest = prebuilt_engine(model_path, with_confidence, input_size, device, cache,
                                                         workspace_mb)
             else:
                 onnx_path = onnx_for(model_path, with_confidence)
                 kernel = None
-                if correlation == "plugin_aot":
+                route = choose_route(correlation, device, precision, has_fp16_flag(trt))
+                if route == "plugin_aot":
                     variant = cache / "onnx" / f"{file_sha256(onnx_path)[:20]}.plugin.onnx"
                     onnx_path = plugin_onnx(onnx_path, variant)
                     kernel = plugin.kernel_sha256()
-                spec = EngineSpec(file_sha256(onnx_path), profile, precision, correlation, kernel, with_confidence)
+                spec = EngineSpec(file_sha256(onnx_path), profile, precision, route, kernel, with_confidence)
                 engine_path, manifest = cached_engine(onnx_path, spec, device, cache, workspace_mb)
             session = EngineSession(trt, cuda, engine_path.read_bytes(), manifest.spec.profile)
             warm = np.zeros((1, 3, *manifest.spec.profile.opt), np.float32)
@@ -452,7 +567,7 @@ class TensorRTBackend:
         self._worker = GpuWorker(lambda: PrimaryContext(cuda, device_id), name="mdflow-tensorrt")
         try:
             self._session, self.engine_path, manifest = self._worker.call(open_engine)
-        except (EngineBuildError, plugin.KernelCompileError) as err:
+        except (EngineBuildError, plugin.PluginRouteError) as err:
             self._worker.close()
             raise BackendUnavailable(f"no TensorRT engine: {err}") from err
         except BaseException:

@@ -11,7 +11,11 @@ Pieces, all usable without a GPU except ``register``:
 - ``kernel_source`` renders the .cu with the offset table generated from
   ``conventions.CDDC_OFFSETS`` (the one source of the pattern); ``kernel_sha256`` keys engine caches.
 - ``compile_ptx`` compiles it with nvcc for one compute capability. It runs nvcc directly,
-  which is all ``pycuda.compiler.compile(..., target="ptx")`` does, but needs no CUDA driver.
+  which is all ``pycuda.compiler.compile(..., target="ptx")`` does, but needs no CUDA driver;
+  ``compile_kernel`` adds the PTX ISA and nvcc release (``ptx_compat.KernelBuild``) that the
+  engine manifest records and the driver is checked against.
+- ``route_problem`` and ``kernel_problem`` say why the route cannot run with a given TensorRT,
+  precision, nvcc and driver (None when it can): the version logic behind correlation "auto".
 - ``replace_correlation`` / ``write_plugin_onnx`` rewrite the deployed ONNX: each verified
   standard-op correlation subgraph becomes one ``mdflow::Correlation53(f1, f2)`` node carrying
   the attributes TensorRT's ONNX parser uses to pick the AOT plugin.
@@ -27,6 +31,7 @@ one engine, one stream and no Python in the hot path.
 This module deliberately has no ``from __future__ import annotations``: TensorRT reads the
 annotations of the decorated functions as objects to tell tensor inputs from attributes.
 """
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -38,7 +43,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mdflow_ros.conventions import CDDC_OFFSETS
+from mdflow_ros.conventions import CDDC_OFFSETS, MAX_DISPLACEMENT
+from mdflow_ros.inference.ptx_compat import (KernelBuild, Version, nvcc_release, parse_version, ptx_isa,
+                                             ptx_load_problem)
 
 PLUGIN_NAMESPACE = "mdflow"
 PLUGIN_NAME = "Correlation53"
@@ -48,11 +55,16 @@ KERNEL_NAMES = {"float32": "mdflow_correlation53_f32", "float16": "mdflow_correl
 BLOCK_SIZE = 256
 """Threads per block of the kernel launch (the kernel itself works with any block size)."""
 MIN_TENSORRT = (10, 9)
-"""First TensorRT release with ahead-of-time Python plugins (``tensorrt.plugin.aot_impl``)."""
+"""First TensorRT release with ahead-of-time Python plugins (``tensorrt.plugin.aot_impl``,
+TensorRT 10.9 release notes). Jetson Orin on JetPack 6.1/6.2 has TensorRT 10.3."""
 NUM_OFFSETS = len(CDDC_OFFSETS)
 
 
-class KernelCompileError(RuntimeError):
+class PluginRouteError(RuntimeError):
+    """The plugin route cannot run here (TensorRT too old, nvcc missing, PTX too new for the driver); says why."""
+
+
+class KernelCompileError(PluginRouteError):
     """nvcc is missing or rejected the correlation kernel; the message says which and why."""
 
 
@@ -93,7 +105,7 @@ def compile_ptx(compute_capability: tuple[int, int], nvcc: str | None = None) ->
     """PTX text of ``kernel_source()`` for one GPU, e.g. (8, 7) for Jetson Orin, (9, 0) for H100.
 
     The PTX names both entry points of KERNEL_NAMES. It is JIT-compiled by the driver when the
-    engine loads, so the driver must be at least as new as this nvcc.
+    engine loads, so the driver must know its ISA (``ptx_compat.ptx_load_problem``).
     """
     major, minor = compute_capability
     compiler = find_nvcc(nvcc)
@@ -106,6 +118,23 @@ def compile_ptx(compute_capability: tuple[int, int], nvcc: str | None = None) ->
             raise KernelCompileError(
                 f"nvcc failed on the correlation kernel ({' '.join(cmd)}):\n{result.stderr.strip()}")
         return out.read_text()
+
+
+def nvcc_version(nvcc: str | None = None) -> Version:
+    """The CUDA release of nvcc (``nvcc --version``), e.g. (13, 0); KernelCompileError if it cannot say."""
+    compiler = find_nvcc(nvcc)
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    try:
+        return nvcc_release(result.stdout)
+    except ValueError as err:
+        raise KernelCompileError(f"{compiler} --version: {err}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def compile_kernel(compute_capability: tuple[int, int], nvcc: str | None = None) -> tuple[str, KernelBuild]:
+    """``compile_ptx`` for one GPU, with the PTX's ISA and nvcc's release (compiled once per process)."""
+    ptx = compile_ptx(compute_capability, nvcc)
+    return ptx, KernelBuild(ptx_isa(ptx), nvcc_version(nvcc))
 
 
 PLANE_WRAPPERS = ("ReduceMean", "Unsqueeze", "Squeeze", "Reshape")
@@ -187,16 +216,27 @@ def _plane_operands(g: _Graph, plane: str) -> tuple[str, str] | None:
     return None
 
 
+def correlation_numpy(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """The 53-offset correlation in numpy: (B, C, H, W) x (B, C, H, W) -> (B, 53, H, W) float32.
+
+    models.correlation.correlation_reference's definition (channel mean of f1 times f2 shifted by
+    each offset of CDDC_OFFSETS, zero outside), without PyTorch: the TensorRT backend rewrites
+    ONNX files on robots that have none.
+    """
+    r = MAX_DISPLACEMENT
+    h, w = f1.shape[2:]
+    padded = np.pad(f2, ((0, 0), (0, 0), (r, r), (r, r)))
+    planes = [(f1 * padded[:, :, r + dy:r + dy + h, r + dx:r + dx + w]).mean(axis=1) for dy, dx in CDDC_OFFSETS]
+    return np.stack(planes, axis=1).astype(np.float32)
+
+
 def _verify(g: _Graph, planes: list[str], f1: str, f2: str) -> float | None:
-    """Max |difference| between the planes' subgraph and correlation_reference on random features.
+    """Max |difference| between the planes' subgraph and correlation_numpy on random features.
 
     None when the planes cannot be computed from f1, f2 and constants alone. Runs the
-    candidate subgraph in ONNX Runtime (CPU) on (1, 3, 7, 9) features.
+    candidate subgraph in ONNX Runtime (CPU) on (1, 3, 7, 9) features; needs no PyTorch.
     """
     import onnxruntime as ort
-    import torch
-
-    from mdflow_ros.models.correlation import correlation_reference
 
     sub = g.submodel((f1, f2), planes)
     if sub is None:
@@ -208,14 +248,14 @@ def _verify(g: _Graph, planes: list[str], f1: str, f2: str) -> float | None:
         got = np.concatenate(session.run(None, {f1: a, f2: b}), axis=1)
     except Exception:  # ONNX Runtime's errors derive from Exception only; any means "not a correlation"
         return None
-    expected = correlation_reference(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    expected = correlation_numpy(a, b)
     if got.shape != expected.shape:
         return float("inf")
     return float(np.abs(got - expected).max())
 
 
 def _match_correlation(g: _Graph, concat: onnx.NodeProto, planes: list[str]) -> tuple[str, str] | None:
-    """(f1, f2) when the 53 ``planes`` compute correlation_reference(f1, f2), None when they are something else.
+    """(f1, f2) when the 53 ``planes`` compute the correlation of f1 and f2, None when they are something else.
 
     CorrelationGraphError when they have the form of a correlation but compute a different
     one (another offset order, padding or normalisation than conventions.py's).
@@ -230,7 +270,7 @@ def _match_correlation(g: _Graph, concat: onnx.NodeProto, planes: list[str]) -> 
     if diff > VERIFY_TOLERANCE:
         raise CorrelationGraphError(
             f"the 53 inputs of {concat.name!r} have the form of a correlation of {f1!r} and {f2!r} but do not "
-            f"compute correlation_reference (max difference {diff:.3g}): offsets, order or padding differ from "
+            f"compute the 53-offset correlation (max difference {diff:.3g}): offsets, order or padding differ from "
             "conventions.CDDC_OFFSETS")
     return f1, f2
 
@@ -261,7 +301,7 @@ def replace_correlation(model: onnx.ModelProto) -> int:
 
     A correlation is 53 consecutive inputs of a channel Concat that have the structure of
     ``mean_c(f1 * shifted Pad(f2))`` for one f1 and f2 (see ``_plane_operands``) and whose
-    subgraph, run in ONNX Runtime on random features, equals ``correlation_reference(f1, f2)``
+    subgraph, run in ONNX Runtime on random features, equals ``correlation_numpy(f1, f2)``
     (so any standard-op export form of ``correlation_53`` is recognised, and nothing else). The
     new node
     ``mdflow::Correlation53(f1, f2) -> (B, 53, H, W)`` carries ``plugin_namespace="mdflow"``
@@ -327,40 +367,74 @@ def write_plugin_onnx(src: str | Path, dst: str | Path) -> int:
     return count
 
 
-def tensorrt_version_tuple(version: str) -> tuple[int, int]:
-    """'10.9.0.34' -> (10, 9)."""
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
+def tensorrt_problem(tensorrt_version: str) -> str | None:
+    """Why this TensorRT cannot build the plugin route (older than MIN_TENSORRT), or None."""
+    if parse_version(tensorrt_version) >= MIN_TENSORRT:
+        return None
+    return (f"the correlation plugin route needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} (ahead-of-time "
+            f"Python plugins); this is TensorRT {tensorrt_version} (Jetson Orin on JetPack 6 ships 10.3)")
 
 
-_registered_for: tuple[int, int] | None = None
+def route_problem(tensorrt_version: str, precision: str, fp16_flag: bool) -> str | None:
+    """Why the plugin route cannot build a ``precision`` engine with this TensorRT, or None.
+
+    ``fp16_flag``: whether this TensorRT still has BuilderFlag.FP16 (TensorRT 11 removed it; FP16
+    must then be in the ONNX, and ModelOpt AutoCast cannot convert the plugin ONNX because it
+    runs the graph in ONNX Runtime, which has no Correlation53).
+    """
+    problem = tensorrt_problem(tensorrt_version)
+    if problem is None and precision == "fp16" and not fp16_flag:
+        problem = (f"TensorRT {tensorrt_version} has no FP16 builder flag (FP16 must be in the ONNX), and ModelOpt "
+                   "AutoCast cannot convert the plugin ONNX: build FP16 with correlation route onnx_ops, or FP32 "
+                   "with plugin_aot")
+    return problem
 
 
-def register(compute_capability: tuple[int, int], nvcc: str | None = None) -> None:
+def kernel_problem(compute_capability: tuple[int, int], cuda_driver: Version | None,
+                   nvcc: str | None = None) -> str | None:
+    """Why the kernel cannot run on this GPU and driver (no nvcc, nvcc fails, PTX too new), or None.
+
+    ``cuda_driver`` None (unknown) skips the driver check.
+    """
+    try:
+        _, build = compile_kernel(tuple(compute_capability), nvcc)
+    except KernelCompileError as err:
+        return str(err)
+    return None if cuda_driver is None else ptx_load_problem(build, cuda_driver)
+
+
+_registered: tuple[tuple[int, int], KernelBuild] | None = None
+"""(compute capability, kernel build) of the plugin registered in this process, if any."""
+
+
+def register(compute_capability: tuple[int, int], cuda_driver: Version | None, nvcc: str | None = None
+             ) -> KernelBuild:
     """Define ``mdflow::Correlation53`` in this process's TensorRT plugin registry (build time only).
 
-    Compiles the kernel to PTX for ``compute_capability`` (the GPU the engine is built on) and
-    registers: the shape function (f1 (B, C, H, W), f2 alike -> (B, 53, H, W), dtype of f1),
-    the type combinations (all FP32 or all FP16, linear layout), and the AOT implementation
-    returning (kernel name, PTX, launch = ceil(B*53*H*W / BLOCK_SIZE) blocks of BLOCK_SIZE,
-    int32 extras (C, H, W, B*53*H*W)). Must run before the ONNX parser reads the plugin ONNX.
-    Engines built this way embed the PTX and deserialize without this registration.
-    Not yet run on a GPU (see the module docstring).
+    Compiles the kernel to PTX for ``compute_capability`` (the GPU the engine is built on),
+    checks that a driver for CUDA ``cuda_driver`` loads that PTX, and registers: the shape
+    function (f1 (B, C, H, W), f2 alike -> (B, 53, H, W), dtype of f1), the type combinations
+    (all FP32 or all FP16, linear layout), and the AOT implementation returning (kernel name,
+    PTX, launch = ceil(B*53*H*W / BLOCK_SIZE) blocks of BLOCK_SIZE, int32 extras (C, H, W,
+    B*53*H*W)). Must run before the ONNX parser reads the plugin ONNX. Returns the PTX's
+    KernelBuild for the engine manifest; PluginRouteError saying why when the route cannot run
+    here. Engines built this way embed the PTX and deserialize without this
+    registration. Not yet run on a GPU (see the module docstring).
     """
-    global _registered_for
-    if _registered_for is not None:
-        if _registered_for != tuple(compute_capability):
-            raise RuntimeError(f"{PLUGIN_ID} is already registered for sm_{_registered_for[0]}{_registered_for[1]} "
-                               "in this process; build engines for another GPU in a new process")
-        return
+    global _registered
+    if _registered is not None:
+        if _registered[0] != tuple(compute_capability):
+            old = _registered[0]
+            raise PluginRouteError(f"{PLUGIN_ID} is already registered for sm_{old[0]}{old[1]} in this process; "
+                                   "build engines for another GPU in a new process")
+        return _registered[1]
     import tensorrt as trt
 
-    if tensorrt_version_tuple(trt.__version__) < MIN_TENSORRT:
-        raise RuntimeError(f"the correlation plugin route needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} "
-                           f"(ahead-of-time Python plugins); this is TensorRT {trt.__version__}")
+    problem = tensorrt_problem(trt.__version__) or kernel_problem(compute_capability, cuda_driver, nvcc)
+    if problem is not None:
+        raise PluginRouteError(problem)
+    ptx, build = compile_kernel(tuple(compute_capability), nvcc)
     import tensorrt.plugin as trtp
-
-    ptx = compile_ptx(compute_capability, nvcc)
 
     @trtp.register(PLUGIN_ID)
     def describe(f1: trtp.TensorDesc, f2: trtp.TensorDesc) -> trtp.TensorDesc:
@@ -385,4 +459,5 @@ def register(compute_capability: tuple[int, int], nvcc: str | None = None) -> No
         extras = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (s[1], s[2], s[3], total)])
         return kernel, ptx, launch, extras
 
-    _registered_for = tuple(compute_capability)
+    _registered = (tuple(compute_capability), build)
+    return build

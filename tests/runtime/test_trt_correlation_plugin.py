@@ -4,6 +4,10 @@ ONNX Runtime has no Correlation53 kernel, so the rewritten graph is run with a m
 function that expands the node back into standard ops (written here, independently of the
 exporter): the outputs must equal the original graph's.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,6 +21,7 @@ from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.models import FastFlowNet
 from mdflow_ros.models.correlation import correlation_53, correlation_reference
+from support import no_torch_environment
 
 
 def correlation_function() -> onnx.FunctionProto:
@@ -134,11 +139,11 @@ def test_recognition_is_by_what_the_subgraph_computes_not_by_its_exact_form(tmp_
     wider_pad = export_module(ShiftedPlanes(MAX_DISPLACEMENT + 1, CDDC_OFFSETS), tmp_path / "pad.onnx")
     assert plugin.replace_correlation(wider_pad) == 1, "pad 5 with starts shifted by 5 is the same correlation"
     reordered = export_module(ShiftedPlanes(MAX_DISPLACEMENT, CDDC_OFFSETS[::-1]), tmp_path / "order.onnx")
-    with pytest.raises(plugin.CorrelationGraphError, match="do not compute correlation_reference"):
+    with pytest.raises(plugin.CorrelationGraphError, match="do not compute the 53-offset correlation"):
         plugin.replace_correlation(reordered)
     moved = [(dy + 1, dx) for dy, dx in CDDC_OFFSETS]
     shifted = export_module(ShiftedPlanes(MAX_DISPLACEMENT + 1, moved), tmp_path / "moved.onnx")
-    with pytest.raises(plugin.CorrelationGraphError, match="do not compute correlation_reference"):
+    with pytest.raises(plugin.CorrelationGraphError, match="do not compute the 53-offset correlation"):
         plugin.replace_correlation(shifted)
 
 
@@ -151,6 +156,38 @@ def test_graph_without_correlation_is_an_error(tmp_path):
         plugin.replace_correlation(export_module(Plain(), tmp_path / "plain.onnx"))
 
 
-def test_tensorrt_versions_compare_by_major_and_minor():
-    assert plugin.tensorrt_version_tuple("10.9.0.34") == (10, 9) >= plugin.MIN_TENSORRT
-    assert plugin.tensorrt_version_tuple("10.8.0") < plugin.MIN_TENSORRT <= plugin.tensorrt_version_tuple("11.4.1")
+@pytest.mark.parametrize("version, precision, fp16_flag, refused", [
+    ("10.3.0", "fp32", True, "needs TensorRT >= 10.9"),  # Jetson Orin, JetPack 6
+    ("10.8.0.43", "fp16", True, "needs TensorRT >= 10.9"),
+    ("10.9.0.34", "fp16", True, None),
+    ("10.16.1", "fp32", True, None),
+    ("11.4.1", "fp32", False, None),
+    ("11.4.1", "fp16", False, "no FP16 builder flag"),  # TensorRT 11: FP16 must be in the ONNX
+])
+def test_plugin_route_needs_tensorrt_10_9_and_the_fp16_flag_for_fp16(version, precision, fp16_flag, refused):
+    problem = plugin.route_problem(version, precision, fp16_flag)
+    assert problem is None if refused is None else refused in problem
+
+
+def test_numpy_correlation_is_the_reference_definition():
+    g = torch.Generator().manual_seed(11)
+    for shape in ((1, 3, 7, 9), (2, 16, 5, 12), (1, 1, 1, 1)):
+        f1, f2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        np.testing.assert_allclose(plugin.correlation_numpy(f1.numpy(), f2.numpy()),
+                                   correlation_reference(f1, f2).numpy(), atol=1e-6, rtol=1e-5)
+
+
+def test_plugin_onnx_is_written_without_pytorch(deployed, tmp_path):
+    """The TensorRT backend writes the plugin variant of a shipped .onnx on robots that have no PyTorch."""
+    src = tmp_path / "model.onnx"
+    onnx.save(deployed[0], str(src))
+    log = tmp_path / "torch_imports.log"
+    code = ("import sys; from mdflow_ros.inference import trt_correlation_plugin as p; "
+            "print(p.write_plugin_onnx(sys.argv[1], sys.argv[2]))")
+    result = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "plugin.onnx")],
+                            env=no_torch_environment(dict(os.environ), log), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "5" and not log.exists()
+    rewritten = onnx.load(str(tmp_path / "plugin.onnx"))
+    assert sum(n.op_type == "Correlation53" for n in rewritten.graph.node) == 5
