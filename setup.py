@@ -32,6 +32,6 @@ setup(
     extras_require={"torch": TORCH, "train": TRAIN, "ros": ROS, "demo": DEMO, "gpu": GPU, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
-        "flow_node = mdflow_ros.ros.node:main",
+        "flow_node = mdflow_ros.node:main",
     ]},
 )
