@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
+from bench.latency import peak_rss_mb  # noqa: E402
 from mdflow_ros.ros import harness  # noqa: E402
 from mdflow_ros.ros.frame_player import Plan  # noqa: E402
 from mdflow_ros.ros.harness import NodeLink  # noqa: E402
@@ -25,14 +26,6 @@ from support import known_motion_pairs, play, start_node, wait_until, write_para
 STOP_LIMIT_S = 2.0
 FAULT_TOPIC = "/faults_cam/image_raw"
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process in MiB."""
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def has_loaded(pid: int, library: str) -> bool:
