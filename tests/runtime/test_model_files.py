@@ -104,6 +104,21 @@ def test_every_estimator_backend_refuses_a_garbage_model_file_with_a_model_file_
             FlowEstimator(backend=backend, model=text)
 
 
+def test_the_command_line_refuses_a_garbage_model_in_one_line(tmp_path):
+    import cv2
+
+    frames = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in frames:
+        cv2.imwrite(str(path), FRAME)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n" * 50)
+    proc = subprocess.run([sys.executable, "-m", "mdflow_ros.cli", *map(str, frames), "--model", str(text)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"mdflow-flow: {text} is not a readable PyTorch file")
+
+
 def test_a_file_without_a_digest_loads_with_a_warning_and_add_digest_gives_it_one(model_file, tmp_path, caplog):
     source, weights = model_file
     old = tmp_path / "old.pt"
