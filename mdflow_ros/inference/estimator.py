@@ -81,7 +81,8 @@ def resolve_model(model: str | Path | None) -> Path:
         return default_model(str(model or "teacher"))
     path = Path(model)
     if not path.is_file():
-        raise ModelFileMissing(f"model file {path} does not exist (or give one of the shipped models: "
+        what = "is a directory, not a model file" if path.is_dir() else "does not exist"
+        raise ModelFileMissing(f"model file {path} {what} (or give one of the shipped models: "
                                f"{', '.join(SHIPPED_FILES)})")
     return path
 
