@@ -46,6 +46,6 @@ setup(
                     "autocast": AUTOCAST, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
-        "flow_node = mdflow_ros.ros.node:main",
+        "flow_node = mdflow_ros.node:main",
     ]},
 )

@@ -1,7 +1,7 @@
 """Which frames form a flow pair: the previous processed frame and the newest one, unless the stream broke.
 
-A pair is reset (no flow is published across it) when the frame size or the encoding
-changes, when time goes backwards or stands still (a bag restarting its loop, a duplicate)
+A pair is reset (no flow is published across it) when the camera (``header.frame_id``: two
+cameras publishing on one topic), the frame size or the encoding changes, when time goes backwards or stands still (a bag restarting its loop, a duplicate)
 or when the gap between the two stamps exceeds the limit. Each reset is reported, but only
 the first of a run of resets with the same cause is meant for the log.
 """
@@ -20,12 +20,13 @@ def stamp_ns(stamp: Any) -> int:
 
 @dataclass(frozen=True)
 class FrameInfo:
-    """What decides whether two frames can pair: stamp (ns), size (px) and encoding."""
+    """What decides whether two frames can pair: stamp (ns), size (px), encoding and camera frame."""
 
     stamp_ns: int
     height: int
     width: int
     encoding: str
+    frame_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ def pair_break(previous: FrameInfo, current: FrameInfo, max_gap_s: float) -> tup
 
     max_gap_s: largest allowed stamp difference in seconds; 0 disables the gap check.
     """
+    if previous.frame_id != current.frame_id:
+        return "frame_id", (f"frame_id changed from {previous.frame_id!r} to {current.frame_id!r} "
+                            "(another camera on this topic?)")
     if (previous.height, previous.width) != (current.height, current.width):
         return "size", (f"frame size changed from {previous.width}x{previous.height} "
                         f"to {current.width}x{current.height}")
