@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from mdflow_ros.synthetic import photo_library
 from training.config import DEFAULTS
-from training.data.file_sources import ImageFolderFrames, VideoFrames
-from training.data.frames import DataError
+from mdflow_ros.io.file_sources import ImageFolderFrames, VideoFrames
+from mdflow_ros.io.frames import DataError
 from training.data.pairs import FramePairs, open_sources, recording_pairs
 
 SIZE = (96, 128)
