@@ -1,7 +1,7 @@
 """Which frames form a flow pair: the previous processed frame and the newest one, unless the stream broke.
 
-A pair is reset (no flow is published across it) when the frame size or the encoding
-changes, when time goes backwards or stands still (a bag restarting its loop, a duplicate)
+A pair is reset (no flow is published across it) when the camera (``header.frame_id``: two
+cameras publishing on one topic), the frame size or the encoding changes, when time goes backwards or stands still (a bag restarting its loop, a duplicate)
 or when the gap between the two stamps exceeds the limit. Each reset is reported, but only
 the first of a run of resets with the same cause is meant for the log.
 """
@@ -12,6 +12,9 @@ from typing import Any
 
 NS_PER_S = 1_000_000_000
 
+MAX_FRAME_GAP_S = 0.5
+"""Default largest stamp difference (s) of two frames that still pair (the node's max_frame_gap, offline flow)."""
+
 
 def stamp_ns(stamp: Any) -> int:
     """A builtin_interfaces/Time as integer nanoseconds."""
@@ -20,12 +23,13 @@ def stamp_ns(stamp: Any) -> int:
 
 @dataclass(frozen=True)
 class FrameInfo:
-    """What decides whether two frames can pair: stamp (ns), size (px) and encoding."""
+    """What decides whether two frames can pair: stamp (ns), size (px), encoding and camera frame."""
 
     stamp_ns: int
     height: int
     width: int
     encoding: str
+    frame_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,13 @@ class PairStep:
 
     previous: payload of the frame to compute flow from, or None (first frame, or a reset).
     reset: why the pair was reset, or None. log: True for the first reset of a run with this cause.
+    cause: the reset's cause in one word (see pair_break), or None.
     """
 
     previous: Any
     reset: str | None
     log: bool
+    cause: str | None = None
 
 
 def pair_break(previous: FrameInfo, current: FrameInfo, max_gap_s: float) -> tuple[str, str] | None:
@@ -46,6 +52,9 @@ def pair_break(previous: FrameInfo, current: FrameInfo, max_gap_s: float) -> tup
 
     max_gap_s: largest allowed stamp difference in seconds; 0 disables the gap check.
     """
+    if previous.frame_id != current.frame_id:
+        return "frame_id", (f"frame_id changed from {previous.frame_id!r} to {current.frame_id!r} "
+                            "(another camera on this topic?)")
     if (previous.height, previous.width) != (current.height, current.width):
         return "size", (f"frame size changed from {previous.width}x{previous.height} "
                         f"to {current.width}x{current.height}")
@@ -81,7 +90,7 @@ class PairTracker:
         cause, text = broken
         self.resets += 1
         log, self._last_cause = cause != self._last_cause, cause
-        return PairStep(None, text, log)
+        return PairStep(None, text, log, cause)
 
     def forget(self) -> None:
         """Drop the previous frame (after a frame that could not be processed)."""

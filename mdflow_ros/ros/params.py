@@ -13,6 +13,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from mdflow_ros.inference.backend import BACKENDS
+from mdflow_ros.ros.pairing import MAX_FRAME_GAP_S
 
 
 
@@ -65,7 +66,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_transport", "raw",
               "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage on `image/compressed`.",
               choices=("raw", "compressed")),
-    ParamSpec("max_frame_gap", 0.5,
+    ParamSpec("max_frame_gap", MAX_FRAME_GAP_S,
               "Largest time in seconds between the stamps of two frames that still form a pair; a larger gap "
               "resets the pair. 0: no limit.", read_only=False, float_range=(0.0, 3600.0)),
     ParamSpec("output_scale", 1.0,
