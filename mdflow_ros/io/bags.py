@@ -1,16 +1,13 @@
 """Frames of one image topic from rosbags (rosbag2 sqlite3/mcap, ROS 1 .bag), read with ``rosbags``.
 
-No ROS install is needed. Two ways in, with the same rules for damaged input:
-- ``RosbagFrames`` (training): opening a bag indexes its image messages (bag time, header
-  stamp, connection and image size per message, about 30 bytes each) in one streaming pass
-  that validates each message but keeps no pixels; ``frame(i)`` later re-reads message i by
-  its bag time (an indexed query in sqlite3, one chunk in mcap) and decodes it.
-- ``BagStream`` (offline flow): one pass in bag-time order that hands out each usable message,
-  in constant memory.
-Damaged input is skipped and counted (``MessageTally``): messages that do not deserialize or
-hold inconsistent images, parts of a file the reader fails on (reading resumes after them),
-and whole bags that cannot be opened (e.g. an MCAP file truncated before its footer) when
-other bags remain.
+No ROS install is needed. ``BagStream`` (offline flow) reads a topic once, in bag-time order and
+constant memory. ``RosbagFrames`` (training) indexes the image messages on opening (bag time, header
+stamp, connection and image size per message, about 30 bytes each) in one streaming pass that
+validates each message but keeps no pixels; ``frame(i)`` later re-reads message i by its
+bag time (an indexed query in sqlite3, one chunk in mcap) and decodes it. Damaged input is
+skipped and counted: messages that do not deserialize or hold inconsistent images, parts of
+a file the reader fails on (reading resumes after them), and whole bags that cannot be
+opened (e.g. an MCAP file truncated before its footer) when other bags remain.
 """
 from __future__ import annotations
 
