@@ -50,6 +50,6 @@ setup(
                     "demo": DEMO, "autocast": AUTOCAST, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
-        "flow_node = mdflow_ros.ros.node:main",
+        "flow_node = mdflow_ros.node:main",
     ]},
 )

@@ -1,9 +1,10 @@
 """Where our models stand against the peers: accuracy, speed and memory, one command.
 
-    python -m bench.accuracy [--teacher T.pt] [--student S.pt] [--int8 T_int8.onnx] [--data DIR ...]
+    python -m bench.accuracy [--teacher T.pt] [--student S.pt] [--int8 T_int8.onnx] [--model NAME=M.pt ...] [--data DIR ...]
                                [--threads 2] [--runs 10] [--quick] [--out-dir bench/results]
 
-Rows: our teacher and student (default: the shipped files in mdflow_ros/weights/) through every
+Rows: our teacher and student (default: the shipped files in mdflow_ros/weights/), and any
+``--model NAME=FILE`` (e.g. your fine-tuned teacher beside the shipped one, on your ``--data``), through every
 backend (PyTorch, ONNX Runtime, int8 ONNX Runtime when an int8 file is given), OpenCV DIS
 (ultrafast, fast, medium), Farneback, DeepFlow and RLOF (opencv-contrib), and zero flow; see
 bench/methods.py. Each method runs in its own process on ``--threads`` threads: first the
@@ -223,11 +224,29 @@ def picture_grid(files: dict[str, Path], names: list[str], folders: list[str], s
     plt.close(fig)
 
 
+def extra_models(specs: list[str], files: dict[str, Path]) -> dict[str, Path]:
+    """{NAME: file} of ``--model NAME=FILE`` arguments (SystemExit for a malformed one, a taken name or a missing file)."""
+    extra = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name or not path:
+            raise SystemExit(f"accuracy: --model takes NAME=FILE (NAME without '/'), got {spec!r}")
+        if name in files or name in extra or name in PEERS or name == "zero":
+            raise SystemExit(f"accuracy: --model name {name!r} is taken; choose another")
+        if not Path(path).is_file():
+            raise SystemExit(f"accuracy: --model {name}: no such file {path}")
+        extra[name] = Path(path)
+    return extra
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default=None, help="teacher model file (default: the shipped one)")
     parser.add_argument("--student", default=None, help="student model file (default: the shipped one)")
     parser.add_argument("--int8", default=None, help="int8 ONNX file of the teacher (default: the shipped one)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=FILE",
+                        help="one more model file as row NAME/onnxruntime (repeatable): e.g. your fine-tuned "
+                             "teacher beside the shipped one, on your --data")
     parser.add_argument("--data", nargs="*", default=[], help="more ground-truth folders (Sintel, KITTI, Chairs, Middlebury)")
     parser.add_argument("--methods", nargs="*", default=None, help="only these rows (default: all available)")
     parser.add_argument("--threads", type=int, default=2)
@@ -254,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                                  json.loads(args.folders), args.max_pairs)))
         return 0
     files = default_files(args.teacher, args.student, args.int8)
+    extra = extra_models(args.model, files)
+    files.update(extra)
     folders = (sorted(str(p) for p in GT_DEV.iterdir() if p.is_dir()) if GT_DEV.is_dir() else []) + list(args.data)
-    names = args.methods or method_names(files)
+    names = args.methods or method_names(files) + [f"{name}/onnxruntime" for name in extra]
     for needed in ("dis-medium", "zero"):
         if needed not in names:
             names.append(needed)

@@ -19,6 +19,10 @@ class ModelFileError(ValueError):
     """A model file is missing, corrupt, unsafe, or not a model of a known architecture."""
 
 
+class ModelFileMissing(ModelFileError, FileNotFoundError):
+    """A model file that does not exist (caught as either a ModelFileError or a FileNotFoundError)."""
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``."""
     path = Path(path)

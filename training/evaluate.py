@@ -11,7 +11,7 @@ training never sees, as the trainer's validation does): the set to choose a chec
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdflow_ros.inference import FlowEstimator
+from mdflow_ros.files import ModelFileError
+from mdflow_ros.inference import BackendUnavailable, FlowEstimator
+from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.metrics import evaluate_flow
 from mdflow_ros.synthetic import held_out_pairs
+from training.cli import OneLineParser, error_line
+from training.data.frames import DataError
 
 
 @dataclass
@@ -101,30 +105,35 @@ def make_validator(config: dict[str, Any]) -> Callable[[torch.nn.Module, int], d
     return validate
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model files (.pt or .onnx)")
     parser.add_argument("--data", nargs="*", default=[], help="ground-truth folders (Sintel, KITTI, Chairs, Middlebury, pairs.tsv)")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
     parser.add_argument("--split-photos", nargs="*", default=[], help="photo folders of the validation split")
     parser.add_argument("--split-pairs", type=int, default=32, help="validation-split pairs (with --split-photos)")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     args = parser.parse_args(argv)
-    sets = []
-    if args.split_photos:
-        from training.data.synthetic_pairs import photos_from_folders
+    try:
+        methods = [(str(m), estimator_fn(FlowEstimator(backend=args.backend, model=m, confidence=False)))
+                   for m in args.models] + [("zero flow", zero_flow)]
+        sets = []
+        if args.split_photos:
+            from training.data.synthetic_pairs import photos_from_folders
 
-        sets.append(synthetic_set(args.split_pairs, (384, 512), 1234, photos_from_folders(args.split_photos),
-                                  VALIDATION_SPLIT))
-    sets += ([synthetic_set(args.synthetic, (384, 512), 1234)] if args.synthetic else []) + benchmark_sets(args.data)
-    methods = [(str(m), estimator_fn(FlowEstimator(backend=args.backend, model=m, confidence=False)))
-               for m in args.models] + [("zero flow", zero_flow)]
+            sets.append(synthetic_set(args.split_pairs, (384, 512), 1234, photos_from_folders(args.split_photos),
+                                      VALIDATION_SPLIT))
+        sets += ([synthetic_set(args.synthetic, (384, 512), 1234)] if args.synthetic else []) + benchmark_sets(args.data)
+    except (ModelFileError, BackendUnavailable, DataError, OSError) as err:
+        print(error_line(parser.prog, err), file=sys.stderr)
+        return 1
     print("| set | method | EPE | Fl-all |\n|---|---|---|---|")
     for dataset in sets:
         for name, method in methods:
             r = evaluate(method, dataset)
             print(f"| {dataset.name} | {name} | {r['epe']:.3f} | {r['fl_all']:.1f} % |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mdflow_ros.files import ModelFileError, atomic_write_bytes, file_sha256
+from training.cli import error_line
 from training.config import ConfigError, load_pipeline_config
 from training.stages import check_stage
 from training.train import StageError, train_stage
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "mdflow.yaml", Path(args.config).read_bytes())
         models = run_pipeline(rounds, configs, args.data, out, args.max_steps_per_stage, args.stage1_model)
-    except (StageError, ResumeError, ConfigError, ModelFileError, PipelineError) as err:
-        sys.exit(f"mdflow.py: {err}")
+    except (StageError, ResumeError, ConfigError, ModelFileError, PipelineError, OSError) as err:
+        sys.exit(error_line("mdflow.py", err))
     LOG.info("done: deployable teacher %s, student %s", models["teacher"], models["student"])
     return 0
 

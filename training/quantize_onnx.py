@@ -10,18 +10,18 @@ ground-truth set). The correlation, warps and resizes stay fp32. Prints a markdo
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from mdflow_ros.files import file_sha256
-from mdflow_ros.inference import FlowEstimator
-from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.files import ModelFileError, file_sha256
+from mdflow_ros.inference import BackendUnavailable, FlowEstimator
+from mdflow_ros.inference.onnx_export import export_onnx, seal_onnx_file
 from mdflow_ros.models.model_file import load_model
 from mdflow_ros.synthetic import held_out_pairs
+from training.cli import OneLineParser, error_line, positive_int
 
 
 def calibration_inputs(count: int, size: tuple[int, int]) -> list[dict[str, np.ndarray]]:
@@ -33,7 +33,7 @@ def calibration_inputs(count: int, size: tuple[int, int]) -> list[dict[str, np.n
 
 
 def quantize(model_path: str | Path, out: str | Path, calibration: int = 16, size: tuple[int, int] = (384, 512)) -> Path:
-    """Write the int8 forward-only graph of the model file to ``out``."""
+    """Write the int8 forward-only graph of the model file to ``out``, with its graph digest recorded."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -52,19 +52,23 @@ def quantize(model_path: str | Path, out: str | Path, calibration: int = 16, siz
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "ConvTranspose"])
-    return Path(out)
+    return seal_onnx_file(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="quantize_onnx.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="teacher model file (.pt)")
     parser.add_argument("--out", required=True, help="the int8 .onnx to write")
-    parser.add_argument("--calibration", type=int, default=16, help="calibration pairs")
-    parser.add_argument("--check", type=int, default=8, help="held-out pairs for the accuracy check")
+    parser.add_argument("--calibration", type=positive_int, default=16, help="calibration pairs")
+    parser.add_argument("--check", type=positive_int, default=8, help="held-out pairs for the accuracy check")
     args = parser.parse_args(argv)
-    int8 = quantize(args.model, args.out, args.calibration)
-    fp32 = FlowEstimator(backend="onnxruntime", model=args.model, confidence=False)
-    q = FlowEstimator(backend="onnxruntime", model=int8, confidence=False)
+    try:
+        fp32 = FlowEstimator(backend="onnxruntime", model=args.model, confidence=False)
+        int8 = quantize(args.model, args.out, args.calibration)
+        q = FlowEstimator(backend="onnxruntime", model=int8, confidence=False)
+    except (ModelFileError, BackendUnavailable, OSError) as err:
+        print(error_line(parser.prog, err), file=sys.stderr)
+        return 1
     diffs, epe32, epe8 = [], [], []
     for p in held_out_pairs(args.check, (384, 512), seed=1234):
         a, b = fp32.estimate(p.img1, p.img2).flow, q.estimate(p.img1, p.img2).flow

@@ -33,7 +33,8 @@ import yaml
 from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.models import RAFT, FastFlowNet
 from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, remove_stale_temporaries
+from training.cli import OneLineParser, error_line, positive_int
 from training.config import ConfigError, load_config
 from training.data.training_set import build_training_set
 from training.evaluate import make_validator
@@ -144,6 +145,8 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
         save_model_file(out / SNAPSHOTS / f"{path.stem}_step{step:06d}.pt", deployed, dict(meta, step=step, config=cfg))
 
     trainer = Trainer(cfg, out, model, recipe, pairs, meta, make_validator(cfg), snapshot)
+    if trainer.rank == 0 and (stale := remove_stale_temporaries(out)):
+        LOG.info("removed %d temporary file(s) of a killed run: %s", len(stale), ", ".join(p.name for p in stale))
     if resuming:
         trainer.resume()
     if trainer.rank == 0:
@@ -158,12 +161,12 @@ def train_stage(cfg: dict[str, Any], data: Sequence[str | Path], out: str | Path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (e.g. config/train/stage1.yaml)")
     parser.add_argument("--data", nargs="*", default=[], help="bags, videos or image folders")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest.pt")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many more steps")
     parser.add_argument("--init", default=None, help="start from this model file's weights (new runs only)")
     parser.add_argument("--teacher", default=None, help="stage2: the frozen teacher's model file")
     parser.add_argument("--student", default=None, help="stage3: the frozen student's model file")
@@ -181,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value != frozen:
                 raise StageError(f"{name} does not apply to {cfg['stage']}")
         train_stage(cfg, args.data, args.out, args.resume, args.max_steps, args.init, frozen)
-    except (StageError, ResumeError, ConfigError, ModelFileError, PartnerError) as err:
-        sys.exit(f"train.py: {err}")
+    except (StageError, ResumeError, ConfigError, ModelFileError, PartnerError, OSError) as err:
+        sys.exit(error_line("train.py", err))
     return 0
 
 

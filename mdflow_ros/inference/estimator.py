@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
+from mdflow_ros.files import ModelFileMissing
 from mdflow_ros.inference.backend import BACKENDS, Backend, BackendUnavailable
 
 if TYPE_CHECKING:  # only for the annotation: the estimator runs without PyTorch
@@ -80,8 +81,9 @@ def resolve_model(model: str | Path | None) -> Path:
         return default_model(str(model or "teacher"))
     path = Path(model)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist (or give one of the shipped models: "
-                                f"{', '.join(SHIPPED_FILES)})")
+        what = "is a directory, not a model file" if path.is_dir() else "does not exist"
+        raise ModelFileMissing(f"model file {path} {what} (or give one of the shipped models: "
+                               f"{', '.join(SHIPPED_FILES)})")
     return path
 
 
@@ -179,6 +181,11 @@ class FlowEstimator:
             LOG.info("backend 'auto' chose %s%s", name, "".join(f"; skipped {r}" for r in reasons))
             return chosen
         raise BackendUnavailable("no backend could run this model: " + "; ".join(reasons))
+
+    def cancel(self) -> None:
+        """From another thread: abandon an estimate in progress (it raises backend.Cancelled) where the
+        backend can (ONNX Runtime), and every later one; the estimator is being shut down."""
+        self.backend.cancel()
 
     def estimate(self, img1: np.ndarray, img2: np.ndarray, encoding: str = "rgb8",
                  output_scale: float = 1.0) -> FlowResult:

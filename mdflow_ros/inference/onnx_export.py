@@ -3,13 +3,15 @@
 The graph uses standard operators only (opset 17: the 53-offset correlation as
 Pad/Slice/Mul/ReduceMean/Concat, the warp as GridSample), with dynamic height and width
 (any multiple of 64) and batch 1. The file's metadata records the architecture, whether the
-graph computes confidence, and the SHA-256 of the weights it came from. This module needs
+graph computes confidence, the SHA-256 of the weights it came from and that of its own
+serialized graph (checked when it is read, see ``onnx_files.onnx_metadata``). This module needs
 PyTorch and onnx; the runtime imports it only when a .pt model has no matching .onnx
 (``onnx_files.onnx_for``).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
@@ -19,12 +21,33 @@ import onnx
 import torch
 import torch.nn as nn
 
-from mdflow_ros.files import file_sha256
-from mdflow_ros.inference.onnx_files import INPUT_NAMES, META_ARCH, META_CONFIDENCE, META_SOURCE, cache_dir
+from mdflow_ros.files import ModelFileError, atomic_write_bytes, file_sha256
+from mdflow_ros.inference.onnx_files import (INPUT_NAMES, META_ARCH, META_CONFIDENCE, META_GRAPH, META_SOURCE,
+                                             cache_dir, graph_sha256, onnx_metadata)
 from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import arch_name, build_model, load_model_file
 
 OPSET = 17
+
+LOG = logging.getLogger("mdflow_ros.inference")
+
+
+def sealed_bytes(model: onnx.ModelProto) -> bytes:
+    """``model`` serialized with ``mdflow.graph_sha256`` (set, or replaced) = the SHA-256 of its serialized graph."""
+    for prop in [p for p in model.metadata_props if p.key == META_GRAPH]:
+        model.metadata_props.remove(prop)
+    digest = graph_sha256(model.SerializeToString())
+    model.metadata_props.add(key=META_GRAPH, value=digest)
+    data = model.SerializeToString()
+    if graph_sha256(data) != digest:
+        raise RuntimeError("protobuf serialized the same graph differently twice; cannot record its digest")
+    return data
+
+
+def seal_onnx_file(path: str | Path) -> Path:
+    """Record (or renew) the graph digest of an ONNX file in place, e.g. after ONNX Runtime's quantizer wrote it."""
+    atomic_write_bytes(path, sealed_bytes(onnx.load(str(path))))
+    return Path(path)
 
 
 def export_onnx(net: nn.Module, out: str | Path, with_confidence: bool, sample_size: tuple[int, int] = (384, 512),
@@ -52,8 +75,7 @@ def export_onnx(net: nn.Module, out: str | Path, with_confidence: bool, sample_s
                            (META_SOURCE, source_sha256)):
             model.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(model)
-        onnx.save(model, tmp)
-        os.replace(tmp, out)
+        atomic_write_bytes(out, sealed_bytes(model))
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out
@@ -70,11 +92,19 @@ def graph_source_sha256() -> str:
 
 
 def cached_export(model_path: str | Path, with_confidence: bool) -> Path:
-    """The ONNX export of a .pt model file, made once and reused while the weights and the graph code are unchanged."""
+    """The ONNX export of a .pt model file, made once and reused while the weights and the graph code are unchanged.
+
+    A cached export that is damaged is made again. ModelFileError when the .pt cannot be used.
+    """
     sha = file_sha256(model_path)
     key = hashlib.sha256((sha + graph_source_sha256()).encode()).hexdigest()[:20]
     out = cache_dir() / "onnx" / f"{key}-{'conf' if with_confidence else 'flow'}.onnx"
-    if not out.is_file():
-        net = build_model(load_model_file(model_path), model_path)
-        export_onnx(net, out, with_confidence, source_sha256=sha)
+    if out.is_file():
+        try:
+            onnx_metadata(out)
+            return out
+        except ModelFileError as err:
+            LOG.warning("exporting %s again: the cached export is unusable (%s)", model_path, err)
+    net = build_model(load_model_file(model_path), model_path)
+    export_onnx(net, out, with_confidence, source_sha256=sha)
     return out

@@ -581,6 +581,9 @@ class TensorRTBackend:
         out = self._worker.call(lambda: self._session.infer(img1, img2))
         return out["flow"], (out["confidence"] if self.with_confidence else None)
 
+    def cancel(self) -> None:
+        """An enqueued engine cannot be stopped: a run in progress finishes (on a GPU, in milliseconds)."""
+
     def close(self) -> None:
         """Free the GPU buffers and stop the worker thread (the backend is unusable afterwards)."""
         try:

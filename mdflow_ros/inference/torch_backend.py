@@ -40,3 +40,6 @@ class TorchBackend:
         flow = out[0].float().cpu().numpy()
         conf = out[1].float().cpu().numpy() if self.with_confidence else None
         return flow, conf
+
+    def cancel(self) -> None:
+        """PyTorch cannot stop a forward pass from another thread: a run in progress finishes."""

@@ -7,7 +7,9 @@ validates each message but keeps no pixels; ``frame(i)`` later re-reads message 
 bag time (an indexed query in sqlite3, one chunk in mcap) and decodes it. Damaged input is
 skipped and counted: messages that do not deserialize or hold inconsistent images, parts of
 a file the reader fails on (reading resumes after them), and whole bags that cannot be
-opened (e.g. an MCAP file truncated before its footer) when other bags remain.
+opened when other bags remain. An MCAP bag cut short before its footer (a killed recorder)
+is read from a repaired copy of its intact start (training.data.mcap_recovery), with the
+messages lost counted; only when nothing before the damage is readable is it refused.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from mdflow_ros.io.frames import (
     encoded_image_size,
     message_to_rgb,
 )
+from training.data.mcap_recovery import recover_truncated_mcap
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +273,26 @@ def index_bag(path: Path, topic: str | None) -> BagIndex:
                     sizes=table[:, 4:6].astype(np.int32), bad_messages=tally.bad)
 
 
+def recover_bag(path: Path, topic: str | None, error: BagReadError) -> BagIndex | None:
+    """The index of a truncated MCAP bag's repaired copy, its lost messages counted in ``bad_messages``
+    (from metadata.yaml when the bag has one), with a warning; None when nothing can be recovered."""
+    recovery = recover_truncated_mcap(path)
+    if recovery is None:
+        return None
+    try:
+        index = index_bag(recovery.path, topic)
+    except DataError:  # the intact part holds no usable image message of the topic
+        return None
+    recorded = recovery.expected_messages.get(index.topic)
+    lost = max(0, recorded - len(index.log_ns)) if recorded is not None else None
+    index.bad_messages += lost or 0
+    log.warning("bag %s ends early (%s); training on the %d message(s) of %s before the damage, read from a "
+                "repaired copy %s; lost: %s (the last %d bytes)", path, error, len(index.log_ns), index.topic,
+                recovery.path, f"{lost} of {recorded} message(s)" if lost is not None else "an unknown number of "
+                "messages", recovery.lost_bytes)
+    return index
+
+
 class RosbagFrames(FrameSource):
     """The frames of one image topic across one or more bags, with random access.
 
@@ -293,8 +316,12 @@ class RosbagFrames(FrameSource):
             try:
                 self.bags.append(index_bag(path, topic))
             except BagReadError as err:
-                self.skipped_bags.append((path, str(err)))
-                log.warning("skipping bag: %s", err)
+                recovered = recover_bag(path, topic, err)
+                if recovered is None:
+                    self.skipped_bags.append((path, str(err)))
+                    log.warning("skipping bag: %s", err)
+                else:
+                    self.bags.append(recovered)
         if not self.bags:
             raise BagReadError("no readable bag: " + "; ".join(msg for _, msg in self.skipped_bags))
         self.topic = topic

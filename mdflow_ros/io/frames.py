@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage, UnidentifiedImageError
 
+from mdflow_ros.io import ros_image
 from mdflow_ros.io.ros_image import ImageDecodeError, image_to_array
 
 
@@ -45,9 +46,6 @@ PLAIN_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "
 
 RAW_ENCODINGS: tuple[str, ...] = PLAIN_ENCODINGS + tuple(BAYER_CODES)
 """Every sensor_msgs/Image encoding ``image_to_rgb`` accepts."""
-
-COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "jpg", "png")
-"""CompressedImage formats accepted (the ``format`` field, e.g. "jpeg" or "rgb8; jpeg compressed bgr8")."""
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -124,17 +122,12 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 
 
 def check_compressed_format(fmt: str) -> None:
-    """Raise UnsupportedEncodingError unless a CompressedImage ``format`` names JPEG or PNG colour data.
-
-    Accepts "jpeg", "png" and image_transport's "<encoding>; jpeg compressed <encoding>" form
-    (an empty format is accepted and left to the decoder); rejects compressedDepth.
-    """
-    words = fmt.lower().replace(";", " ").split()
-    if "compresseddepth" in words:
-        raise UnsupportedEncodingError(f"CompressedImage format {fmt!r} (depth images) is not supported")
-    if words and not any(w in COMPRESSED_FORMATS for w in words):
-        raise UnsupportedEncodingError(f"unsupported CompressedImage format {fmt!r}; "
-                                       f"supported: {', '.join(COMPRESSED_FORMATS)}")
+    """Raise UnsupportedEncodingError unless a CompressedImage ``format`` names a JPEG or PNG colour or mono
+    image (the node's rule, mdflow_ros.io.ros_image.check_compressed_format: compressedDepth is refused)."""
+    try:
+        ros_image.check_compressed_format(fmt)
+    except ImageDecodeError as err:
+        raise UnsupportedEncodingError(str(err)) from None
 
 
 def encoded_image_size(source: bytes | memoryview | np.ndarray | Path) -> tuple[int, int]:

@@ -5,12 +5,19 @@ it; otherwise (the pip/.venv set-up, where PyPI's ``cv-bridge`` is a broken ROS 
 few lines of numpy do the same: rows are read through ``step`` (padding allowed), 16-bit
 data honours ``is_bigendian``, and the result is a view of the message's buffer. Encoding
 numpy -> Image is always done here (one copy into the message).
+
+Memory stays bounded by ``max_pixels``: a raw image is measured from its header fields, a
+compressed one (PNG or JPEG only) from its file header (PNG IHDR, JPEG SOF), before anything
+is decoded, so a small PNG that would inflate to gigabytes is refused without being decoded.
+Compressed depth images (``compressedDepth``) and formats that are not colour or mono images
+are refused by their ``format`` field.
 """
 from __future__ import annotations
 
 import array
 import importlib.machinery
 import importlib.util
+import struct
 import sys
 from typing import Any
 
@@ -34,6 +41,19 @@ PIXEL_LAYOUTS: dict[str, tuple[np.dtype, int]] = {
 CAMERA_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 """Camera encodings the flow node accepts."""
 
+COMPRESSED_CODECS: tuple[str, ...] = ("png", "jpeg", "jpg")
+"""Codecs a CompressedImage ``format`` may name (e.g. "jpeg", or "bgr8; jpeg compressed bgr8")."""
+COMPRESSED_SOURCES: tuple[str, ...] = (*CAMERA_ENCODINGS, "rgb16", "bgr16", "rgba16", "bgra16")
+"""Image encodings image_transport's compressed format may name before the ';' (colour or mono images)."""
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+"""PNG colour type -> channels: grey, RGB, palette, grey + alpha, RGBA."""
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC), which carry the image size."""
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+"""JPEG markers without a length field (TEM, RST0..RST7)."""
+
 
 class ImageDecodeError(ValueError):
     """A message is not a usable image: the text says why (for a log line), ``kind`` names the problem."""
@@ -52,13 +72,23 @@ def cv_bridge_available() -> bool:
     return spec is not None and str(spec.origin).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
-def check_image(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> tuple[np.dtype, int]:
-    """Validate an Image's encoding and sizes; returns its (dtype, channels) or raises ImageDecodeError."""
+def check_pixel_count(height: int, width: int, max_pixels: int | None) -> None:
+    """ImageDecodeError (kind "oversized") when a height x width image has more than ``max_pixels`` pixels."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageDecodeError(f"{width}x{height} image has {height * width} pixels, more than max_input_pixels "
+                               f"{max_pixels}", "oversized")
+
+
+def check_image(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS),
+                max_pixels: int | None = None) -> tuple[np.dtype, int]:
+    """Validate an Image's encoding and sizes (at most ``max_pixels`` pixels when given); returns its
+    (dtype, channels) or raises ImageDecodeError."""
     if msg.encoding not in encodings:
         raise ImageDecodeError(f"unsupported encoding {msg.encoding!r} (accepted: {', '.join(encodings)})", "encoding")
     dtype, channels = PIXEL_LAYOUTS[msg.encoding]
     if msg.height == 0 or msg.width == 0:
         raise ImageDecodeError(f"zero-size image ({msg.width}x{msg.height})", "size")
+    check_pixel_count(msg.height, msg.width, max_pixels)
     row = msg.width * channels * dtype.itemsize
     if msg.step < row:
         raise ImageDecodeError(
@@ -70,13 +100,15 @@ def check_image(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> 
     return dtype, channels
 
 
-def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> np.ndarray:
+def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS),
+                   max_pixels: int | None = None) -> np.ndarray:
     """Decode a sensor_msgs/Image with numpy: (H, W) for one channel, else (H, W, C), native byte order.
 
     The result is a view of ``msg.data`` (no copy) unless the data is 16-bit in the other byte order.
-    Raises ImageDecodeError for an encoding outside ``encodings`` or inconsistent sizes.
+    Raises ImageDecodeError for an encoding outside ``encodings``, inconsistent sizes, or more
+    than ``max_pixels`` pixels.
     """
-    dtype, channels = check_image(msg, encodings)
+    dtype, channels = check_image(msg, encodings, max_pixels)
     row = msg.width * channels * dtype.itemsize
     raw = np.frombuffer(msg.data, np.uint8, count=msg.step * msg.height).reshape(msg.height, msg.step)[:, :row]
     stored = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
@@ -86,19 +118,97 @@ def image_to_array(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) 
     return pixels.reshape(msg.height, msg.width) if channels == 1 else pixels.reshape(msg.height, msg.width, channels)
 
 
-def image_to_array_cv_bridge(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS)) -> np.ndarray:
+def image_to_array_cv_bridge(msg: Any, encodings: tuple[str, ...] = tuple(PIXEL_LAYOUTS),
+                             max_pixels: int | None = None) -> np.ndarray:
     """The same decoding as image_to_array, through the ROS 2 cv_bridge (needs cv_bridge_available())."""
     from cv_bridge import CvBridge
 
-    check_image(msg, encodings)
+    check_image(msg, encodings, max_pixels)
     return np.asarray(CvBridge().imgmsg_to_cv2(msg, desired_encoding="passthrough"))
 
 
-def compressed_to_array(msg: Any) -> tuple[np.ndarray, str]:
-    """Decode a sensor_msgs/CompressedImage (JPEG, PNG, ...) -> (array, "bgr8" or "mono8")."""
+def check_compressed_format(fmt: str) -> None:
+    """ImageDecodeError (kind "format") unless a CompressedImage ``format`` names a PNG or JPEG colour or mono image.
+
+    Accepts "png", "jpeg" and image_transport's "<encoding>; <codec> compressed <encoding>"
+    (an empty format is left to the header check); refuses compressedDepth, other codecs, and
+    source encodings that are not colour or mono images (16UC1, 32FC1, ...).
+    """
+    text = fmt.strip().lower()
+    if not text:
+        return
+    words = text.replace(";", " ").split()
+    if "compresseddepth" in words:
+        raise ImageDecodeError(f"CompressedImage format {fmt!r} is a depth image (compressedDepth); only colour and "
+                               "mono images give flow", "format")
+    source = text.split(";")[0].strip() if ";" in text else ""
+    if source and source not in COMPRESSED_SOURCES and not source.startswith("bayer_"):
+        raise ImageDecodeError(f"CompressedImage format {fmt!r}: encoding {source!r} is not a colour or mono image",
+                               "format")
+    if not any(word in COMPRESSED_CODECS for word in words):
+        raise ImageDecodeError(f"unsupported CompressedImage format {fmt!r} (accepted: png, jpeg)", "format")
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's first start-of-frame segment."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageDecodeError(f"JPEG header is corrupt (no marker at byte {pos})", "compressed")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in JPEG_STANDALONE_MARKERS:
+            pos += 2
+        elif marker in JPEG_FRAME_MARKERS:
+            if pos + 10 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return height, width, data[pos + 9]
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came first
+            raise ImageDecodeError("JPEG has no frame header before its image data", "compressed")
+        else:
+            pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    raise ImageDecodeError(f"JPEG header ends early ({len(data)} bytes)", "compressed")
+
+
+def compressed_image_size(data: Any) -> tuple[int, int, int]:
+    """(height, width, channels) of a PNG or JPEG image, read from its header only (no decoding).
+
+    Raises ImageDecodeError for any other data, a damaged header, or an image that is neither
+    colour nor mono (a 4-component, CMYK JPEG).
+    """
+    view = memoryview(data).cast("B")
+    if bytes(view[:8]) == PNG_SIGNATURE:
+        if len(view) < 26 or bytes(view[12:16]) != b"IHDR":
+            raise ImageDecodeError("PNG has no IHDR header", "compressed")
+        width, height = struct.unpack(">II", view[16:24])
+        if view[25] not in PNG_CHANNELS:
+            raise ImageDecodeError(f"PNG colour type {view[25]} is not a colour or mono image", "compressed")
+        return height, width, PNG_CHANNELS[view[25]]
+    if bytes(view[:2]) == b"\xff\xd8":
+        height, width, components = _jpeg_size(view)
+        if components not in (1, 3):
+            raise ImageDecodeError(f"JPEG with {components} components is not a colour or mono image", "format")
+        return height, width, components
+    raise ImageDecodeError(f"compressed data ({len(view)} bytes) is neither a PNG nor a JPEG image", "compressed")
+
+
+def compressed_to_array(msg: Any, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """Decode a sensor_msgs/CompressedImage (PNG or JPEG) -> (array, "bgr8" or "mono8").
+
+    The format field and the image header are checked first (check_compressed_format,
+    compressed_image_size), the pixel count against ``max_pixels``, and only then the data is
+    decoded; every refusal is an ImageDecodeError.
+    """
+    check_compressed_format(msg.format)
+    height, width, _ = compressed_image_size(msg.data)
+    if height == 0 or width == 0:
+        raise ImageDecodeError(f"zero-size image ({width}x{height})", "size")
+    check_pixel_count(height, width, max_pixels)
     data = np.frombuffer(msg.data, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.shape[:2] != (height, width):
         raise ImageDecodeError(f"compressed image ({msg.format!r}, {data.size} bytes) could not be decoded",
                                "compressed")
     if image.dtype != np.uint8:

@@ -28,6 +28,11 @@ class LatestOnly:
             item, self._item = self._item, None
             return None if self._closed else item
 
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
     def close(self) -> None:
         """Wake the worker for good: every later take() returns None."""
         with self._cond:

@@ -16,6 +16,12 @@ Threading: the subscription callback only puts the newest message into a one-slo
 (a replaced message counts as dropped). One worker thread owns the FlowEstimator (model
 loading included, so all GPU work stays on it): it decodes the newest frame, pairs it with
 the previous processed frame, runs the network and publishes. Nothing queues.
+
+Faults: a frame larger than ``max_input_pixels`` is dropped before it is decoded (a compressed
+one by its header), a malformed or non-image frame is ignored, each logged (throttled) and
+counted in /diagnostics; an invalid parameter, parameter file, QoS override or model file
+stops the start-up with one ``cannot start:`` line and status 1; SIGINT and SIGTERM stop the
+node at any moment with status 0 (mdflow_ros/ros/stop.py).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import logging
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +38,14 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from mdflow_ros.files import file_sha256
+from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, ImageDecodeError, array_to_image, compressed_to_array,
@@ -47,16 +56,17 @@ from mdflow_ros.ros.dds_env import use_large_data_transport
 from mdflow_ros.ros.mailbox import LatestOnly
 from mdflow_ros.ros.message import flow_message
 from mdflow_ros.ros.pairing import FrameInfo, PairTracker, stamp_ns
-from mdflow_ros.ros.params import ParameterError, declare_parameters
+from mdflow_ros.ros.params import ParameterError, check_parameter_files, declare_parameters, qos_check
 from mdflow_ros.ros.stats import COUNTERS, FlowStats
+from mdflow_ros.ros.stop import SPIN_PERIOD_S, WORKER_DEADLINE_S, StopSignals, exit_now
 
 NODE_NAME = "flow_node"
 RUNTIME_PARAMETERS = ("max_frame_gap", "output_scale", "color_max_flow")
 WARN_THROTTLE_S = 5.0
-QOS_OVERRIDES = QoSOverridingOptions.with_default_policies()
-"""Every topic's QoS takes the standard override parameters for history, depth and reliability (read-only)."""
 QOS_ERRORS = (RuntimeError, ParameterException, InvalidQosOverridesError)
 """What rclpy raises for a qos_overrides value it cannot use (unknown policy value, wrong type)."""
+QOS_ALLOWED = ("history keep_last, keep_all or system_default; depth an integer of at least 1; "
+               "reliability reliable, best_effort or system_default")
 
 
 class StartupError(RuntimeError):
@@ -87,7 +97,7 @@ def load_estimator(params: dict[str, Any], log: Any) -> FlowEstimator:
     backend, fallback = params["backend"], params["fallback_backend"]
     try:
         return FlowEstimator(backend=backend, **options)
-    except (ModelNotShippedError, FileNotFoundError) as err:
+    except (ModelNotShippedError, FileNotFoundError, ModelFileError) as err:  # no backend does better
         raise StartupError(str(err)) from None
     except Exception as err:  # any backend failure: missing library, no GPU, unreadable model
         if fallback in ("none", backend):
@@ -97,7 +107,7 @@ def load_estimator(params: dict[str, Any], log: Any) -> FlowEstimator:
         first = err
     try:
         return FlowEstimator(backend=fallback, **options)
-    except Exception as err:
+    except Exception as err:  # as above
         raise StartupError(f"backend {backend!r} failed to load ({first}) and so did fallback "
                            f"{fallback!r} ({err})") from None
 
@@ -145,14 +155,11 @@ class FlowNode(Node):
         self._pairs = PairTracker()
         self._warned: dict[str, float] = {}
         self._decode_raw = image_to_array_cv_bridge if cv_bridge_available() else image_to_array
-        try:
-            self._pub = self.create_publisher(OpticalFlow, "optical_flow", output_qos(),
-                                              qos_overriding_options=QOS_OVERRIDES)
-            self._pub_flow, self._pub_confidence, self._pub_color = (
-                self.create_publisher(Image, f"optical_flow/{view}", output_qos(), qos_overriding_options=QOS_OVERRIDES)
-                for view in ("flow", "confidence", "color"))
-        except QOS_ERRORS as err:
-            raise StartupError(f"a qos_overrides parameter cannot be used: {err}") from None
+        self._pub = self._with_qos_overrides(self.create_publisher, "publisher", OpticalFlow, "optical_flow",
+                                             output_qos())
+        self._pub_flow, self._pub_confidence, self._pub_color = (
+            self._with_qos_overrides(self.create_publisher, "publisher", Image, f"optical_flow/{view}", output_qos())
+            for view in ("flow", "confidence", "color"))
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.estimator: FlowEstimator | None = None
@@ -160,7 +167,7 @@ class FlowNode(Node):
         self._ready = threading.Event()
         self._worker = threading.Thread(target=self._work, name="flow_worker", daemon=True)
         self._worker.start()
-        self._ready.wait()
+        self._ready.wait()  # a signal meanwhile ends the process (ros/stop.py)
         if self._startup_error is not None:
             self._worker.join()
             raise StartupError(str(self._startup_error))
@@ -171,13 +178,28 @@ class FlowNode(Node):
         msg_type, topic = ((CompressedImage, "image/compressed") if self.params["input_transport"] == "compressed"
                            else (Image, "image"))
         try:
-            self._sub = self.create_subscription(msg_type, topic, self._on_image, image_qos(),
-                                                 qos_overriding_options=QOS_OVERRIDES)
-        except QOS_ERRORS as err:
+            self._sub = self._with_qos_overrides(self.create_subscription, "subscription", msg_type, topic,
+                                                 self._on_image, image_qos())
+        except StartupError:
             self.close()
-            raise StartupError(f"a qos_overrides parameter cannot be used: {err}") from None
+            raise
         self._diagnostics_timer = self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
         log.info(f"subscribed to {self._sub.topic_name}; publishing {self._pub.topic_name}")
+
+    def _with_qos_overrides(self, create: Callable[..., Any], kind: str, msg_type: type, topic: str,
+                            *args: Any) -> Any:
+        """``create(msg_type, topic, *args)`` (a publisher or subscription) with ROS 2's standard QoS override
+        parameters for history, depth and reliability (read-only); StartupError naming them if they are unusable."""
+        prefix = f"qos_overrides.{self.resolve_topic_name(topic)}.{kind}"
+        options = QoSOverridingOptions.with_default_policies(callback=qos_check(prefix))
+        with warnings.catch_warnings():  # depth 0 is refused by qos_check, after rclpy warned about it
+            warnings.filterwarnings("ignore", message="A zero depth with KEEP_LAST", category=UserWarning)
+            try:
+                return create(msg_type, topic, *args, qos_overriding_options=options)
+            except ParameterError as err:
+                raise StartupError(str(err)) from None
+            except QOS_ERRORS as err:
+                raise StartupError(f"parameters {prefix}.*: {err}; allowed: {QOS_ALLOWED}") from None
 
     def _on_parameters_set(self, parameters: list[Any]) -> None:
         for param in parameters:
@@ -193,6 +215,8 @@ class FlowNode(Node):
     def _work(self) -> None:
         """The worker thread: load the model, then process frames until the mailbox closes."""
         try:
+            self.get_logger().info(f"loading the model ({self.params['model'] or 'the shipped teacher'}, "
+                                   f"backend {self.params['backend']})")
             self.estimator = load_estimator(self.params, self.get_logger())
             if self.estimator.input_size is not None:
                 blank = np.zeros((*self.estimator.input_size, 3), np.uint8)
@@ -207,23 +231,26 @@ class FlowNode(Node):
             try:
                 self._process(*item)
             except Exception as err:  # the node never dies on input
-                if not self.context.ok():
+                if self._mailbox.closed or not self.context.ok():  # stopping: an inference was cancelled
                     return
                 self.stats.count("errors")
                 self.get_logger().error(f"flow failed for a frame: {type(err).__name__}: {err}",
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
     def _decode(self, msg: Any) -> tuple[FrameInfo, np.ndarray, str]:
-        """Frame info, estimator input array and its encoding; ImageDecodeError for a bad image."""
+        """Frame info, estimator input array and its encoding; ImageDecodeError for a bad or oversized image
+        (checked against max_input_pixels before decoding)."""
+        limit = self.params["max_input_pixels"]
         if isinstance(msg, CompressedImage):
-            pixels, encoding = compressed_to_array(msg)
+            pixels, encoding = compressed_to_array(msg, limit)
             source_encoding = encoding
         else:
-            pixels = self._decode_raw(msg, CAMERA_ENCODINGS)
+            pixels = self._decode_raw(msg, CAMERA_ENCODINGS, limit)
             pixels, encoding = estimator_input(pixels, msg.encoding)
             source_encoding = msg.encoding
         height, width = pixels.shape[:2]
-        return FrameInfo(stamp_ns(msg.header.stamp), height, width, source_encoding), pixels, encoding
+        info = FrameInfo(stamp_ns(msg.header.stamp), height, width, source_encoding, msg.header.frame_id)
+        return info, pixels, encoding
 
     def _process(self, msg: Any, received_s: float) -> None:
         """Decode one frame, pair it, compute and publish the flow from the previous frame."""
@@ -231,8 +258,10 @@ class FlowNode(Node):
         try:
             info, pixels, encoding = self._decode(msg)
         except ImageDecodeError as err:
-            self.stats.count("bad")
-            self._warn(err.kind, f"ignoring a bad image on {self._sub.topic_name}: {err}")
+            oversized = err.kind == "oversized"
+            self.stats.count("oversized" if oversized else "bad")
+            self._warn(err.kind, f"{'dropping an oversized' if oversized else 'ignoring a bad'} image on "
+                                 f"{self._sub.topic_name}: {err}")
             return
         step = self._pairs.advance(info, (msg.header, pixels), self._runtime["max_frame_gap"])
         if step.reset is not None:
@@ -293,34 +322,68 @@ class FlowNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self._pub_diagnostics.publish(array)
 
-    def close(self) -> None:
-        """Stop the worker (after the frame it is on) and detach the log forwarding."""
+    def close(self, timeout: float = WORKER_DEADLINE_S) -> bool:
+        """Stop the worker: no more frames, the inference in flight cancelled where the backend can, at most
+        ``timeout`` s of waiting; detach the log forwarding. False when the worker is still busy (abandoned)."""
         self._mailbox.close()
-        self._worker.join(timeout=10.0)
+        if self.estimator is not None:
+            self.estimator.cancel()
+        self._worker.join(timeout=timeout)
         self._py_log.removeHandler(self._py_log_handler)
+        return not self._worker.is_alive()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the node until shutdown (Ctrl-C, SIGTERM); 1 when it cannot start."""
+def start_error(text: str) -> int:
+    """Log the one ``cannot start:`` line; the exit status 1."""
+    rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {text}")
+    return 1
+
+
+def spin_until_stopped(node: FlowNode, stop: StopSignals) -> None:
+    """Spin ``node`` until a stop signal or an rclpy shutdown (waking every SPIN_PERIOD_S to look)."""
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    stop.defer()
+    try:
+        while not stop.requested.is_set() and node.context.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+    finally:
+        executor.shutdown(timeout_sec=0)
+
+
+def main(argv: list[str] | None = None, stop: StopSignals | None = None) -> int:
+    """Run the node until SIGINT / SIGTERM (status 0); 1 with one ``cannot start:`` line when it cannot start.
+
+    stop: the signal handling installed by the entry point (mdflow_ros/node.py) before the heavy
+    imports; installed here when None.
+    """
+    stop = stop or StopSignals.install()
+    args = sys.argv if argv is None else argv
+    try:
+        check_parameter_files(args)
+    except ParameterError as err:
+        return start_error(str(err))
     transport = use_large_data_transport()
-    rclpy.init(args=sys.argv if argv is None else argv)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as err:  # rcl's RCLError: arguments or a parameter file it cannot read
+        return start_error(str(err).split(", at /")[0])
     node = None
     try:
         node = FlowNode()
         if transport:
             setting = ", ".join(f"{k}={v}" for k, v in transport.items())
             node.get_logger().info(f"Fast DDS transports were not configured; for large images: {setting}")
-        rclpy.spin(node)
+        spin_until_stopped(node, stop)
     except StartupError as err:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {err}")
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        return start_error(str(err))
     finally:
+        stopped = node is None or node.close()
         if node is not None:
-            node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        if not stopped:  # an inference that cannot be interrupted: abandon it (ros/stop.py)
+            exit_now(0)
     return 0
 
 

@@ -3,18 +3,31 @@
 config/flow.yaml holds the same names and defaults (a test keeps the two equal). Read-only
 parameters are fixed when the node starts (they decide the model, the backend or the
 topics); the others can be changed at run time with ``ros2 param set``. QoS is not here: rclpy
-declares ROS 2's standard ``qos_overrides.<topic>.*`` parameters for every topic (ros/node.py).
+declares ROS 2's standard ``qos_overrides.<topic>.*`` parameters for every topic (ros/node.py),
+and ``qos_check`` refuses the values rclpy lets through (a depth of 0).
+
+Every value the node cannot start with is a ParameterError whose text names the parameter, the
+value and what is allowed, for the node's one ``cannot start:`` line; so is a parameter file
+that is missing or not YAML (``check_parameter_files``, before rcl reads it).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+import yaml
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+from rclpy.exceptions import ParameterException
+from rclpy.qos import HistoryPolicy, QoSProfile
 
 from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.ros.pairing import MAX_FRAME_GAP_S
 
+DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
+"""Largest frame the node takes by default: 4K UHD (README: its peak memory)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,21 @@ class ParamSpec:
     int_range: tuple[int, int, int] | None = None
     float_range: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        """What values the parameter takes, in words (for error messages)."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if isinstance(self.default, bool):
+            return "true or false"
+        if isinstance(self.default, int):
+            low, high, step = self.int_range or (None, None, 1)
+            span = f" from {low} to {high}" if low is not None else ""
+            return f"an integer{span}" + (f", a multiple of {step}" if step > 1 else "")
+        if isinstance(self.default, float):
+            span = f" from {self.float_range[0]:g} to {self.float_range[1]:g}" if self.float_range else ""
+            return f"a number{span}, written with a decimal point (1.0, not 1)"
+        return "a string"
 
     def descriptor(self) -> ParameterDescriptor:
         """The rcl ParameterDescriptor (type, description, range, read-only) of this parameter."""
@@ -75,6 +103,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("color_max_flow", 0.0,
               "Flow length in pixels drawn fully saturated on optical_flow/color; 0: the longest vector of each "
               "frame.", read_only=False, float_range=(0.0, 10000.0)),
+    ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS,
+              "Largest frame, in pixels (width x height), the node processes; larger frames are dropped, logged and "
+              "counted before they are decoded (compressed ones by their header). The default, 3840x2160, bounds "
+              "the node's memory (see the README).", int_range=(64 * 64, 16384 * 16384, 1)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", float_range=(0.1, 60.0)),
 )
 """Every parameter the flow node declares, in declaration order."""
@@ -84,13 +116,62 @@ class ParameterError(ValueError):
     """A parameter value the node cannot start with (the text names the parameter)."""
 
 
+def refusal(name: str, value: Any, allowed: str) -> ParameterError:
+    """The ParameterError for parameter ``name`` set to ``value``."""
+    return ParameterError(f"parameter {name} is {value!r}; allowed: {allowed}")
+
+
 def declare_parameters(node: Any) -> dict[str, Any]:
-    """Declare PARAMETERS on an rclpy node and return their values by name, checked against their choices."""
+    """Declare PARAMETERS on an rclpy node and return their values by name.
+
+    ParameterError (naming the parameter, its value and what is allowed) for a value of the
+    wrong type, out of range, off its step or not one of its choices, and for input_height /
+    input_width set one without the other.
+    """
     values = {}
     for spec in PARAMETERS:
-        values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        except ParameterException:  # rclpy refused the value: declare it untyped, only to name it
+            given = node.declare_parameter(spec.name, spec.default, ParameterDescriptor(dynamic_typing=True)).value
+            raise refusal(spec.name, given, spec.allowed()) from None
         if spec.choices and values[spec.name] not in spec.choices:
-            raise ParameterError(f"parameter {spec.name} is {values[spec.name]!r}; expected one of {spec.choices}")
+            raise refusal(spec.name, values[spec.name], spec.allowed())
     if (values["input_height"] == 0) != (values["input_width"] == 0):
-        raise ParameterError("input_height and input_width must both be 0 (automatic) or both be set")
+        raise ParameterError(f"input_height and input_width must both be 0 (automatic) or both be set; they are "
+                             f"{values['input_height']} and {values['input_width']}")
     return values
+
+
+def qos_check(prefix: str) -> Callable[[QoSProfile], SetParametersResult]:
+    """A QoSOverridingOptions callback for the entity whose override parameters start with ``prefix``
+    (``qos_overrides.<topic>.<publisher|subscription>``): ParameterError for a depth below 1 with
+    history keep_last (rclpy only warns, then uses the system default)."""
+    def check(qos: QoSProfile) -> SetParametersResult:
+        if qos.depth < 0 or (qos.depth < 1 and qos.history == HistoryPolicy.KEEP_LAST):
+            raise refusal(f"{prefix}.depth", qos.depth, "an integer of at least 1 (with history keep_last)")
+        return SetParametersResult(successful=True)
+
+    return check
+
+
+def parameter_files(args: Sequence[str]) -> list[Path]:
+    """The files named by ``--params-file`` in a command line."""
+    return [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "--params-file"]
+
+
+def check_parameter_files(args: Sequence[str]) -> None:
+    """ParameterError for a ``--params-file`` that is missing, unreadable, not YAML or not a mapping
+    (before rcl reads it, whose own failure is a multi-line error)."""
+    for path in parameter_files(args):
+        try:
+            content = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise ParameterError(f"parameter file {path} cannot be read: {err.strerror or err}") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ParameterError(f"parameter file {path} is not valid YAML{where}: {problem}") from None
+        if not isinstance(content, dict):
+            raise ParameterError(f"parameter file {path} holds no '<node name>: ros__parameters:' mapping")

@@ -10,10 +10,11 @@ from collections import deque
 
 import numpy as np
 
-COUNTERS = ("received", "dropped", "bad", "resets", "errors", "published")
+COUNTERS = ("received", "dropped", "bad", "oversized", "resets", "errors", "published")
 """received: frames that arrived; dropped: replaced before the worker took them; bad: not usable
-images; resets: pairs broken by a size/encoding/time change; errors: failed inferences;
-published: OpticalFlow messages sent."""
+images (malformed, or not a colour or mono image); oversized: larger than max_input_pixels,
+refused before decoding; resets: pairs broken by a camera/size/encoding/time change; errors:
+failed inferences; published: OpticalFlow messages sent."""
 
 
 class FlowStats:

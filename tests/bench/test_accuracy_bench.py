@@ -74,3 +74,16 @@ def test_the_benchmarks_name_the_cpu_and_measure_its_peak():
     assert platform.machine() in cpu_description()
     product = make_runner("sgemm", None, 1, SGEMM_N, SGEMM_N)()
     assert product.shape == (SGEMM_N, SGEMM_N)
+
+
+def test_a_users_model_file_is_one_more_row_beside_the_shipped_ones(pair, tmp_path):
+    path = tmp_path / "mine.pt"
+    save_model_file(path, FastFlowNet())
+    files = {"teacher": tmp_path / "other.pt"}
+    assert accuracy.extra_models([f"mine={path}"], files) == {"mine": path}
+    flow = make_method("mine/onnxruntime", {"mine": path}, threads=1)(pair.img1, pair.img2)
+    assert flow.shape == pair.img1.shape[:2] + (2,)
+    for bad, message in ((f"mine{path}", "NAME=FILE"), (f"teacher={path}", "is taken"), ("x=/no/such.pt", "no such file"),
+                         (f"dis-medium={path}", "is taken")):
+        with pytest.raises(SystemExit, match=message):
+            accuracy.extra_models([bad], files)

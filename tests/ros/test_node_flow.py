@@ -4,10 +4,12 @@ One node process (python -m mdflow_ros.node, network input fixed for speed) serv
 module; each test plays real 640x480 (and larger) frames with known motion from a player
 process and checks what this process receives: types, encodings, stamps, accuracy against
 the known motion, confidence, views, run-time parameters, size changes, bad inputs and a
-100 Hz flood (drops counted, memory flat, node alive).
+100 Hz flood (drops counted, memory flat, node alive), frames above max_input_pixels and a
+change of camera (frame_id); at the end the idle node stops on SIGINT within 2 s.
 """
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,22 +27,27 @@ from support import (known_motion_pairs, play, rss_mb, start_node, wait_until,  
 
 
 TOPIC = "/test_cam/image_raw"
+MAX_PIXELS = 960 * 720
+"""The module node's max_input_pixels: the size-change test's 960x720 frames pass, 1280x960 ones do not."""
 BURST_PAUSE_S = 0.7
 """Pause before each burst: longer than max_frame_gap (0.5 s), so every burst starts a new pair."""
 
 
 @pytest.fixture(scope="module")
 def node(ros, flow_model):
-    params = write_params(ros.tmp / "params.yaml", flow_model, backend="onnxruntime")
+    params = write_params(ros.tmp / "params.yaml", flow_model, backend="onnxruntime", max_input_pixels=MAX_PIXELS)
     proc = start_node(ros, params, "flow_node", "-r", f"image:={TOPIC}")
     try:
         wait_until(lambda: "subscribed to" in proc.output() or not proc.alive(), 120, "the node to start")
         assert proc.alive(), proc.output()
         yield proc
     finally:
+        start = time.monotonic()
         code = proc.stop()
+        elapsed = time.monotonic() - start
         print(proc.output())
         assert code == 0, f"the node exited with {code} on SIGINT"
+        assert elapsed < 2.0 and "Traceback" not in proc.output(), f"the node took {elapsed:.2f} s to stop"
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +210,40 @@ def test_bad_images_are_counted_and_the_node_carries_on(ros, receiver, node):
     assert node.alive()
     log = node.output()
     assert "unsupported encoding 'yuv422'" in log and "less than step x height" in log and "zero-size image" in log
+
+
+def test_frames_above_max_input_pixels_are_dropped_counted_and_logged(ros, receiver, node):
+    big = camera_motion_pair(photo_library()[1], (960, 1280), np.random.default_rng(12),
+                             max_shift=20.0, max_rot=0.0, max_zoom=0.0, max_perspective=0.0)
+    small = known_motion_pairs()[7]
+    before = int(receiver.diagnostic_values().get("oversized", 0))
+    start = len(receiver.flows)
+    plan = Plan([big.img1, big.img2, small.img1, small.img2],
+                [{"frame": 0, "pause": BURST_PAUSE_S}, {"frame": 1}, {"frame": 0}, {"frame": 2, "pause": BURST_PAUSE_S},
+                 {"frame": 3}])
+    sent = play(plan, ros.tmp, ros.env, TOPIC, rate=10.0)
+    wait_until(lambda: any(stamp_ns(m.header.stamp) == sent[-1]["stamp_ns"] for _, m in receiver.flows[start:]),
+               20, "the flow of the small pair after the big frames")
+    wait_until(lambda: int(receiver.diagnostic_values().get("oversized", 0)) >= before + 3, 10, "oversized frames counted")
+    assert all(m.flow.width == 640 for _, m in receiver.flows[start:]), "no flow from frames above the limit"
+    assert f"1280x960 image has 1228800 pixels, more than max_input_pixels {MAX_PIXELS}" in node.output()
+
+
+def test_a_change_of_camera_resets_the_pair_and_is_logged_once(ros, receiver, node):
+    """Two cameras on one topic (frame_id left, right, left, ...): no flow between them; one log line."""
+    pair = known_motion_pairs()[6]
+    steps = [{"frame": 0, "pause": BURST_PAUSE_S, "frame_id": "left"}]
+    steps += [{"frame": i % 2, "frame_id": ("left", "right")[i % 2]} for i in range(1, 7)]
+    steps += [{"frame": 0, "frame_id": "right"}, {"frame": 1, "frame_id": "right"}]
+    before = node.output().count("frame_id changed")
+    start = len(receiver.flows)
+    sent = play(Plan([pair.img1, pair.img2], steps), ros.tmp, ros.env, TOPIC, rate=10.0)
+    wait_until(lambda: any(stamp_ns(m.header.stamp) == sent[-1]["stamp_ns"] for _, m in receiver.flows[start:]),
+               20, "the flow of the last two frames of one camera")
+    frame_of = {r["stamp_ns"]: steps[r["step"]]["frame_id"] for r in sent}
+    for _, msg in receiver.flows[start:]:
+        assert frame_of[stamp_ns(msg.previous_stamp)] == frame_of[stamp_ns(msg.header.stamp)] == msg.header.frame_id
+    assert node.output().count("frame_id changed") - before == 1, "a run of camera changes is logged once"
 
 
 def test_a_100_hz_flood_drops_frames_keeps_memory_flat_and_is_reported(ros, receiver, node):

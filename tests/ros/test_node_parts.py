@@ -91,12 +91,13 @@ def test_bad_choices_stop_the_node_with_the_parameter_named(make_node):
         declare_parameters(make_node(input_height=128))
 
 
-def info(t_s: float, size=(480, 640), encoding="rgb8") -> FrameInfo:
-    return FrameInfo(round(t_s * S), size[0], size[1], encoding)
+def info(t_s: float, size=(480, 640), encoding="rgb8", frame_id="camera") -> FrameInfo:
+    return FrameInfo(round(t_s * S), size[0], size[1], encoding, frame_id)
 
 
-def test_pair_breaks_on_size_encoding_time_jumps_and_gaps():
+def test_pair_breaks_on_camera_size_encoding_time_jumps_and_gaps():
     assert pair_break(info(1.0), info(1.1), 0.5) is None
+    assert pair_break(info(1.0), info(1.1, frame_id="left"), 0.5)[0] == "frame_id"
     assert pair_break(info(1.0), info(1.1, (240, 320)), 0.5)[0] == "size"
     assert pair_break(info(1.0), info(1.1, encoding="bgr8"), 0.5)[0] == "encoding"
     assert pair_break(info(5.0), info(1.0), 0.5)[0] == "backwards"
@@ -250,5 +251,5 @@ def test_qos_follows_the_standard_overrides_and_a_bad_one_stops_the_node(make_no
         defaults.close()
         defaults.destroy_node()
     bad = [Parameter("qos_overrides./optical_flow.publisher.reliability", value="sometimes")]
-    with pytest.raises(StartupError, match="qos_overrides parameter cannot be used.*sometimes"):
+    with pytest.raises(StartupError, match=r"qos_overrides\./optical_flow\.publisher.*sometimes.*allowed: history"):
         FlowNode(context=probe.context, enable_rosout=False, parameter_overrides=base + bad)

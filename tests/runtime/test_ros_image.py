@@ -4,6 +4,7 @@ The numpy path must agree with rosbags-image on every encoding the node accepts 
 ROS 2 cv_bridge where one is installed), honour step padding and byte order, and reject bad
 images with a clear reason.
 """
+import io
 import sys
 
 import cv2
@@ -14,8 +15,8 @@ pytest.importorskip("rclpy")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, PIXEL_LAYOUTS, ImageDecodeError, array_to_image,  # noqa: E402
-                                     compressed_to_array, cv_bridge_available, estimator_input, image_to_array,
-                                     image_to_array_cv_bridge)
+                                     compressed_image_size, compressed_to_array, cv_bridge_available,
+                                     estimator_input, image_to_array, image_to_array_cv_bridge)
 
 RNG = np.random.default_rng(7)
 
@@ -125,8 +126,58 @@ def test_compressed_images_decode_like_rosbags_image():
             assert np.array_equal(pixels, bgr)
     gray = CompressedImage(format="png", data=cv2.imencode(".png", bgr[:, :, 0])[1].tobytes())
     assert compressed_to_array(gray)[1] == "mono8"
-    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+    with pytest.raises(ImageDecodeError, match="neither a PNG nor a JPEG"):
         compressed_to_array(CompressedImage(format="jpeg", data=b"not an image"))
+
+
+def test_compressed_sizes_come_from_the_header_and_agree_with_the_decoder():
+    from PIL import Image as PILImage
+
+    rgb = random_image("rgb8", 30, 41)
+    cases = {"png rgb": cv2.imencode(".png", rgb)[1], "png mono16": cv2.imencode(".png", random_image("mono16", 30, 41))[1],
+             "png rgba": cv2.imencode(".png", random_image("rgba8", 30, 41))[1],
+             "jpeg": cv2.imencode(".jpg", rgb)[1], "jpeg mono": cv2.imencode(".jpg", rgb[:, :, 0])[1]}
+    for name, data in cases.items():
+        height, width, _ = compressed_image_size(data.tobytes())
+        assert (height, width) == cv2.imdecode(data, cv2.IMREAD_UNCHANGED).shape[:2] == (30, 41), name
+    with io.BytesIO() as progressive:  # JPEG with an EXIF segment and a progressive frame header
+        PILImage.fromarray(rgb).save(progressive, "JPEG", progressive=True, exif=b"Exif\0\0" + bytes(2000))
+        assert compressed_image_size(progressive.getvalue())[:2] == (30, 41)
+    with io.BytesIO() as cmyk:
+        PILImage.new("CMYK", (41, 30)).save(cmyk, "JPEG")
+        with pytest.raises(ImageDecodeError, match="4 components is not a colour or mono image"):
+            compressed_image_size(cmyk.getvalue())
+    with pytest.raises(ImageDecodeError, match="JPEG header ends early"):
+        compressed_image_size(cases["jpeg"].tobytes()[:20])
+
+
+def test_an_oversized_compressed_image_is_refused_by_its_header_before_decoding():
+    """A 0.02 MB PNG of 5000x5000 (a 75 MB decode) is refused; so is its raw counterpart, by its fields."""
+    bomb = cv2.imencode(".png", np.zeros((5000, 5000, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    assert len(bomb) < 200_000
+    msg = CompressedImage(format="png", data=bomb)
+    with pytest.raises(ImageDecodeError, match="5000x5000 image has 25000000 pixels, more than max_input_pixels") as err:
+        compressed_to_array(msg, max_pixels=4096 * 4096)
+    assert err.value.kind == "oversized"
+    assert compressed_to_array(msg, max_pixels=5000 * 5000)[0].shape == (5000, 5000, 3)
+    raw = Image(height=5000, width=5000, encoding="mono8", step=5000)
+    with pytest.raises(ImageDecodeError, match="more than max_input_pixels"):
+        image_to_array(raw, max_pixels=1000)
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ("16UC1; compressedDepth png", "depth image"),
+    ("32FC1; compressedDepth", "depth image"),
+    ("16UC1; png compressed 16UC1", "encoding '16uc1' is not a colour or mono image"),
+    ("bgr8; tiff compressed bgr8", "unsupported CompressedImage format"),
+])
+def test_compressed_formats_that_are_not_colour_or_mono_images_are_refused(fmt, message):
+    png = cv2.imencode(".png", random_image("mono16"))[1].tobytes()
+    with pytest.raises(ImageDecodeError, match=message) as err:
+        compressed_to_array(CompressedImage(format=fmt, data=png))
+    assert err.value.kind == "format"
+    for accepted in ("png", "mono16; png compressed mono16", "bgr8; jpeg compressed bgr8", ""):
+        assert compressed_to_array(CompressedImage(format=accepted, data=png))[1] == "mono8"
 
 
 def test_array_to_image_refuses_mismatched_arrays():

@@ -160,6 +160,7 @@ def test_messages_with_equal_bag_times(tmp_path, frames):
 
 
 def test_truncated_mcap_bag_is_skipped(tmp_path, frames, caplog):
+    """Eight small frames in one MCAP chunk, cut inside it: nothing before the damage is readable."""
     good = write_sequence_bag(tmp_path / "good", frames, storage="mcap")
     bad = write_sequence_bag(tmp_path / "bad", frames, storage="mcap")
     mcap = next(bad.glob("*.mcap"))
@@ -171,6 +172,27 @@ def test_truncated_mcap_bag_is_skipped(tmp_path, frames, caplog):
             source = RosbagFrames([bad, good])
     assert len(source) == len(frames) and [p for p, _ in source.skipped_bags] == [bad]
     assert "skipping bag" in caplog.text
+
+
+def test_truncated_mcap_bag_reads_the_chunks_before_the_cut(tmp_path, monkeypatch, caplog):
+    """Eight 480x640 frames, two per 1 MiB chunk, cut at two thirds: the first two chunks read back exactly
+    (from a repaired copy in the cache), the four messages lost are counted from metadata.yaml."""
+    monkeypatch.setenv("MDFLOW_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(4)
+    big = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(8)]
+    bag = write_sequence_bag(tmp_path / "cut", big, storage="mcap")
+    mcap = next(bag.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size * 2 // 3])
+    with time_limit(30), caplog.at_level(logging.WARNING):
+        source = RosbagFrames(bag)
+    assert len(source) == 4 and source.bad_messages == 4 and not source.skipped_bags
+    assert all(np.array_equal(source.frame(i), big[i]) for i in range(4))
+    assert "ends early" in caplog.text and "lost: 4 of 8 message(s)" in caplog.text
+    alone = tmp_path / "alone.mcap"
+    alone.write_bytes(mcap.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert len(RosbagFrames(alone)) == 4, "a bare .mcap file too"
+    assert "an unknown number of messages" in caplog.text
 
 
 def test_read_error_inside_a_bag_resumes_after_it(tmp_path, frames):

@@ -6,9 +6,9 @@ import torch
 
 from mdflow_ros.files import file_sha256
 from mdflow_ros.inference.onnx_export import export_onnx
-from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_for, onnx_metadata
+from mdflow_ros.inference.onnx_files import META_GRAPH, META_SOURCE, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.model_file import load_model, load_model_file, save_model_file
+from mdflow_ros.models.model_file import DIGEST_KEY, load_model, load_model_file, save_model_file
 from training.ship_model import check_parity, lineage, ship
 
 
@@ -49,6 +49,7 @@ def test_ship_writes_weights_validated_onnx_and_card(tmp_path, monkeypatch):
     meta = load_model_file(pt).meta
     assert [s["stage"] for s in meta["lineage"]] == ["pretrain", "stage1"] and "init" not in meta
     assert onnx_metadata(onnx)[META_SOURCE] == file_sha256(pt)
+    assert DIGEST_KEY in torch.load(pt, weights_only=True) and META_GRAPH in onnx_metadata(onnx), "digests recorded"
     assert onnx_for(pt, True) == onnx
     text = card.read_text()
     assert file_sha256(pt) in text and "| synthetic-1 | 1 |" in text and "Untrained test weights." in text

@@ -129,7 +129,7 @@ def test_checkpoints_hold_only_plain_data_and_load_safely(bag, tmp_path):
     assert ckpt["step"] == 1 and ckpt["config"]["stage"] == "stage1" and "numpy" in ckpt["rng"]
     assert ckpt["meta"]["data"] == [str(bag)]
     (run / "latest.pt").write_bytes((run / "latest.pt").read_bytes()[:1000])
-    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+    with pytest.raises(ModelFileError, match="corrupt, truncated"):
         load_checkpoint(run / "latest.pt")
 
 
