@@ -33,9 +33,9 @@ ROS = [
     "ros-ament-package", "catkin-pkg", "cmake>=3.20",
 ]
 DEMO = ["scikit-image>=0.22"]
-OFFLINE = ["rosbags>=0.11", "mcap>=1.1", "tqdm", "pillow"]
-TRAIN = [*TORCH, *DEMO, *OFFLINE, "rosbags-image>=0.10", "tensorboard", "pyyaml", "matplotlib"]
-DEV = [*TORCH, *DEMO, *OFFLINE, "mcap-ros2-support>=0.5", "pytest>=8", "pyyaml", "onnxscript"]
+OFFLINE = ["rosbags>=0.11", "mcap>=1.1", "tqdm", "pillow", "pyyaml"]
+TRAIN = [*TORCH, *DEMO, *OFFLINE, "rosbags-image>=0.10", "tensorboard", "matplotlib"]
+DEV = [*TORCH, *DEMO, *OFFLINE, "mcap-ros2-support>=0.5", "pytest>=8", "onnxscript"]
 
 setup(
     name="mdflow_ros",

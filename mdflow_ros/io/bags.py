@@ -8,7 +8,7 @@ bag time (an indexed query in sqlite3, one chunk in mcap) and decodes it. Damage
 skipped and counted: messages that do not deserialize or hold inconsistent images, parts of
 a file the reader fails on (reading resumes after them), and whole bags that cannot be
 opened when other bags remain. An MCAP bag cut short before its footer (a killed recorder)
-is read from a repaired copy of its intact start (training.data.mcap_recovery), with the
+is read from a repaired copy of its intact start (mcap_recovery.py), with the
 messages lost counted; only when nothing before the damage is readable is it refused.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from mdflow_ros.io.frames import (
     encoded_image_size,
     message_to_rgb,
 )
-from training.data.mcap_recovery import recover_truncated_mcap
+from mdflow_ros.io.mcap_recovery import recover_truncated_mcap
 
 log = logging.getLogger(__name__)
 
@@ -411,23 +411,38 @@ class BagStream:
     """The usable image messages of one topic of one bag, read once in bag-time order (constant memory).
 
     topic: the topic to read, or None for the bag's only image topic (DataError otherwise, see
-    choose_topic). Opening raises BagReadError for a bag that cannot be opened at all; damaged
-    and unusable messages are skipped while iterating and counted in ``tally``. ``len`` is the
-    number of messages the bag recorded on the topic, ``duration_ns`` the bag's time span. Use as
-    a context manager, or call close().
+    choose_topic). Damaged and unusable messages are skipped while iterating and counted in
+    ``tally``; an MCAP bag cut short before its footer is read from a repaired copy of its intact
+    start, as training reads it (recover_bag), the messages its metadata.yaml recorded beyond
+    that counted as lost. Opening raises BagReadError for a bag that cannot be opened at all.
+    ``len`` is the number of messages the bag recorded on the topic, ``duration_ns`` the time
+    span it covers. Use as a context manager, or call close().
     """
 
     def __init__(self, path: str | Path, topic: str | None = None) -> None:
         self.path = Path(path)
         check_bag_path(self.path)
-        self._reader = open_reader(self.path)
+        recorded, cut_short = None, ""
+        try:
+            self._reader = open_reader(self.path)
+        except BagReadError as err:
+            recovery = recover_truncated_mcap(self.path)
+            if recovery is None:
+                raise
+            self._reader = open_reader(recovery.path)
+            recorded = recovery.expected_messages
+            cut_short = f"{err}; read from a repaired copy of its first {recovery.kept_bytes} bytes"
+            log.warning("bag %s ends early: %s", self.path, cut_short)
         try:
             self.topic = choose_topic(self.path, self._reader.connections, topic)
         except DataError:
             self._reader.close()
             raise
         self._connections = topic_connections(self._reader, self.topic)
-        self.tally = MessageTally(sum(c.msgcount for c in self._connections))
+        found = sum(c.msgcount for c in self._connections)
+        self.tally = MessageTally(max(found, (recorded or {}).get(self.topic, found)))
+        if cut_short:
+            self.tally.read_errors.append(cut_short)
         self.duration_ns = int(self._reader.duration)
 
     def __len__(self) -> int:

@@ -250,3 +250,20 @@ def test_a_damaged_bag_is_read_past_with_the_losses_counted(tmp_path, capsys):
     assert "5 frames -> 4 flow pairs" in printed and "skipped 1 damaged or unusable bag messages" in printed
     _, messages = read_mcap(out)
     assert len(messages["/optical_flow"]) == 4, "frames 1 and 3 pair across the lost one (1 / 30 s apart)"
+
+
+def test_an_mcap_bag_cut_short_is_read_up_to_the_cut_with_the_losses_counted(tmp_path, monkeypatch, capsys):
+    """Eight 480x640 frames, two per 1 MiB chunk, cut at two thirds: training's rule (a repaired copy of the
+    intact start) gives four frames, three pairs, and four messages counted as lost from metadata.yaml."""
+    monkeypatch.setenv("MDFLOW_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(4)
+    bag = write_sequence_bag(tmp_path / "cut", [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(8)],
+                             storage="mcap")
+    mcap = next(bag.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size * 2 // 3])
+    out = tmp_path / "flow.mp4"
+    assert cli.main([str(bag), "--out", str(out), "--input-size", *NET, "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 frames -> 3 flow pairs" in printed and "skipped 4 damaged or unusable bag messages" in printed
+    assert "ends early" in printed
+    assert len(video_frames(out)) == 3
