@@ -10,10 +10,13 @@ disappears when that is the CPU one):
   onnxruntime-gpu, and on a Jetson TensorRT comes with JetPack, so there "gpu" adds PyCUDA and
   onnx only (take ONNX Runtime GPU from NVIDIA's Jetson wheels).
 Pick one of "cpu" and "gpu"; the other extras hold no ONNX Runtime: "torch" adds the PyTorch
-backend and the ONNX export of .pt files; "train" everything training needs; "ros" the ROS 2
+backend and the ONNX export of .pt files; "offline" what mdflow-flow needs to read recordings (bags,
+videos, image folders) and write MCAP; "train" everything training needs; "ros" the ROS 2
 Kilted wheels from PyPI (the pip/.venv set-up); "demo" the photos of the demo; "autocast" NVIDIA
 ModelOpt, which TensorRT 11 needs for FP16 engines (it brings PyTorch and its own ONNX Runtime
-pin, onnxruntime-gpu on x86-64); "dev" the tests. tests/test_setup.py checks the combinations.
+pin, onnxruntime-gpu on x86-64); "dev" the tests. tests/runtime/test_setup_extras.py checks the
+combinations. msg/OpticalFlow.msg is installed as share/mdflow_ros/msg/OpticalFlow.msg, where colcon
+puts it too: offline flow embeds it in the MCAP files it writes.
 """
 from setuptools import find_packages, setup
 
@@ -30,9 +33,9 @@ ROS = [
     "ros-ament-package", "catkin-pkg", "cmake>=3.20",
 ]
 DEMO = ["scikit-image>=0.22"]
-TRAIN = [*TORCH, *DEMO, "rosbags>=0.11", "rosbags-image>=0.10", "tensorboard", "tqdm", "pyyaml", "pillow",
-         "matplotlib"]
-DEV = [*TORCH, *DEMO, "pytest>=8", "pyyaml", "onnxscript"]
+OFFLINE = ["rosbags>=0.11", "mcap>=1.1", "tqdm", "pillow", "pyyaml"]
+TRAIN = [*TORCH, *DEMO, *OFFLINE, "rosbags-image>=0.10", "tensorboard", "matplotlib"]
+DEV = [*TORCH, *DEMO, *OFFLINE, "mcap-ros2-support>=0.5", "pytest>=8", "onnxscript"]
 
 setup(
     name="mdflow_ros",
@@ -41,9 +44,10 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["mdflow_ros", "mdflow_ros.*", "training", "training.*"]),
     package_data={"mdflow_ros": ["weights/*", "kernels/*.cu"]},
+    data_files=[("share/mdflow_ros/msg", ["msg/OpticalFlow.msg"])],
     install_requires=RUNTIME,
-    extras_require={"cpu": CPU, "gpu": GPU, "torch": TORCH, "train": TRAIN, "ros": ROS, "demo": DEMO,
-                    "autocast": AUTOCAST, "dev": DEV},
+    extras_require={"cpu": CPU, "gpu": GPU, "torch": TORCH, "offline": OFFLINE, "train": TRAIN, "ros": ROS,
+                    "demo": DEMO, "autocast": AUTOCAST, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
         "flow_node = mdflow_ros.node:main",

@@ -4,7 +4,9 @@ The node tests' frames and model, and their ROS 2 processes, started and driven 
 mdflow_ros.ros.harness as the demo and the benchmark do: every ROS process gets the Fast DDS
 large-data transport, discovery limited to this host, and a ROS_DOMAIN_ID of its test module's
 own, so parallel runs do not hear each other. ``no_torch_environment`` makes ``import torch``
-fail in a child process, for the tests of the runtime without PyTorch.
+fail in a child process, for the tests of the runtime without PyTorch. ``read_mcap`` and
+``image_array`` read MCAP files back with the mcap library's ROS 2 decoder (offline flow's tests);
+``write_video`` writes test videos.
 """
 from __future__ import annotations
 
@@ -186,3 +188,38 @@ def no_torch_environment(env: dict[str, str], log: Path) -> dict[str, str]:
     noted in ``log`` (tests/no_torch/sitecustomize.py first on PYTHONPATH, then ROOT)."""
     path = os.pathsep.join(filter(None, [str(ROOT / "tests" / "no_torch"), str(ROOT), env.get("PYTHONPATH")]))
     return {**env, "PYTHONPATH": path, "MDFLOW_TEST_TORCH_LOG": str(log)}
+
+
+def read_mcap(path: Path) -> tuple[dict, dict[str, list]]:
+    """({topic: (schema name, encoding, text)}, {topic: [(log time, decoded message)]}) of an MCAP file, read
+    with the mcap library and its ROS 2 decoder (independent of rosbags, which offline flow writes with)."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        assert reader.get_header().profile == "ros2"
+        summary = reader.get_summary()
+        schemas = {c.topic: (summary.schemas[c.schema_id].name, summary.schemas[c.schema_id].encoding,
+                             summary.schemas[c.schema_id].data.decode()) for c in summary.channels.values()}
+        messages: dict[str, list] = {}
+        for _, channel, message, decoded in reader.iter_decoded_messages():
+            messages.setdefault(channel.topic, []).append((message.log_time, decoded))
+    return schemas, messages
+
+
+def image_array(msg: Any, dtype: type, channels: int) -> np.ndarray:
+    """A decoded sensor_msgs/Image's pixels (H, W, channels), checking its byte order and tight rows."""
+    assert msg.is_bigendian == 0 and msg.step == msg.width * channels * np.dtype(dtype).itemsize
+    return np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width, channels)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fourcc: str = "mp4v", fps: float = 10.0) -> Path:
+    """(H, W, 3) uint8 RGB frames as a video file at ``path`` (the test is skipped where OpenCV cannot write it)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (frames[0].shape[1], frames[0].shape[0]))
+    if not writer.isOpened():
+        pytest.skip(f"this OpenCV build cannot write {fourcc} into {path.suffix}")
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return path

@@ -26,7 +26,7 @@ from mdflow_ros.inference.backend import BACKENDS
 from mdflow_ros.metrics import evaluate_flow
 from mdflow_ros.synthetic import held_out_pairs
 from training.cli import OneLineParser, error_line
-from training.data.frames import DataError
+from mdflow_ros.io.frames import DataError
 
 
 @dataclass

@@ -69,7 +69,7 @@ def _payload(typestore, frame: np.ndarray, encoding: str, header) -> tuple[str, 
 
 def write_sequence_bag(path: str | Path, frames: Iterable[np.ndarray], topic: str = "/camera/image_raw",
                        storage: str = "sqlite3", encoding: str = "rgb8", rate_hz: float = 30.0,
-                       start_ns: int = DEFAULT_START_NS, frame_id: str = "camera",
+                       start_ns: int = DEFAULT_START_NS, frame_id: str | Sequence[str] = "camera",
                        stamps_ns: Sequence[int] | None = None) -> Path:
     """Write frames (each (H, W, 3) uint8 RGB) as one image topic of a new bag; returns the bag's path.
 
@@ -78,7 +78,8 @@ def write_sequence_bag(path: str | Path, frames: Iterable[np.ndarray], topic: st
     definitions). encoding: "rgb8", "bgr8", "mono8" (sensor_msgs/Image; mono8 stores the
     grey conversion) or "jpeg"/"png" (sensor_msgs/CompressedImage). Frame i gets the header
     stamp and bag time ``start_ns + i * 1e9 / rate_hz`` nanoseconds, or ``stamps_ns[i]``
-    when given (for recordings with gaps). ``path`` must not exist.
+    when given (for recordings with gaps). frame_id: the header frame_id of every frame, or one
+    per frame (a topic two cameras publish on). ``path`` must not exist.
     """
     path = Path(path)
     frames = iter(frames)
@@ -118,7 +119,8 @@ def write_sequence_bag(path: str | Path, frames: Iterable[np.ndarray], topic: st
                 t_ns = int(start_ns + round(index * 1e9 / rate_hz))
             stamp = time_type(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
             fields = {"seq": index} if storage == "ros1" else {}
-            header = header_type(**fields, stamp=stamp, frame_id=frame_id)
+            header = header_type(**fields, stamp=stamp,
+                                 frame_id=frame_id if isinstance(frame_id, str) else frame_id[index])
             msgtype, msg = _payload(typestore, frame, encoding, header)
             if connection is None:
                 connection = writer.add_connection(topic, msgtype, typestore=typestore)

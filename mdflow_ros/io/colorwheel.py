@@ -2,10 +2,12 @@
 
 Hue encodes the direction of a flow vector and saturation its magnitude: zero flow is
 white, a vector of length ``max_flow`` is the fully saturated wheel colour, longer vectors
-are darkened. Pure +u (rightwards) motion is red.
+are darkened. Pure +u (rightwards) motion is red. ``flow_picture`` puts a frame, its flow and the
+confidence side by side (the CLI's pictures and videos).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from mdflow_ros.io.flow_files import as_flow_array, as_valid_mask, known_flow_mask
@@ -89,3 +91,17 @@ def flow_to_color(flow: np.ndarray, max_flow: float | None = None, valid: np.nda
     image = np.floor(255.0 * color).astype(np.uint8)
     image[~ok] = 0
     return image
+
+
+def flow_picture(flow: np.ndarray, confidence: np.ndarray | None = None, frame: np.ndarray | None = None,
+                 max_flow: float | None = None) -> np.ndarray:
+    """Panels side by side, (h, k * w, 3) uint8 RGB for flow (h, w, 2) in pixels: the frame (H, W, 3) uint8
+    RGB resized to (h, w) when given, the colour-wheel flow (``max_flow`` as in flow_to_color), and the
+    confidence (h, w) in [0, 1] in grey when given."""
+    height, width = flow.shape[:2]
+    panels = [] if frame is None else [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+                                       if frame.shape[:2] != (height, width) else frame]
+    panels.append(flow_to_color(flow, max_flow))
+    if confidence is not None:
+        panels.append(np.repeat((np.clip(confidence, 0, 1) * 255).astype(np.uint8)[:, :, None], 3, axis=2))
+    return np.concatenate(panels, axis=1)

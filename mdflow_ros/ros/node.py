@@ -31,7 +31,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverriding
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from mdflow_ros.files import ModelFileError, file_sha256
+from mdflow_ros.files import ModelFileError, model_identity
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.io.ros_image import (CAMERA_ENCODINGS, ImageDecodeError, array_to_image, compressed_to_array,
@@ -110,11 +109,6 @@ def load_estimator(params: dict[str, Any], log: Any) -> FlowEstimator:
     except Exception as err:  # as above
         raise StartupError(f"backend {backend!r} failed to load ({first}) and so did fallback "
                            f"{fallback!r} ({err})") from None
-
-
-def model_identity(path: Path) -> str:
-    """'<file name>@<first 16 hex digits of its SHA-256>'."""
-    return f"{path.name}@{file_sha256(path)[:16]}"
 
 
 class _RosLogHandler(logging.Handler):

@@ -12,6 +12,9 @@ from typing import Any
 
 NS_PER_S = 1_000_000_000
 
+MAX_FRAME_GAP_S = 0.5
+"""Default largest stamp difference (s) of two frames that still pair (the node's max_frame_gap, offline flow)."""
+
 
 def stamp_ns(stamp: Any) -> int:
     """A builtin_interfaces/Time as integer nanoseconds."""
@@ -35,11 +38,13 @@ class PairStep:
 
     previous: payload of the frame to compute flow from, or None (first frame, or a reset).
     reset: why the pair was reset, or None. log: True for the first reset of a run with this cause.
+    cause: the reset's cause in one word (see pair_break), or None.
     """
 
     previous: Any
     reset: str | None
     log: bool
+    cause: str | None = None
 
 
 def pair_break(previous: FrameInfo, current: FrameInfo, max_gap_s: float) -> tuple[str, str] | None:
@@ -85,7 +90,7 @@ class PairTracker:
         cause, text = broken
         self.resets += 1
         log, self._last_cause = cause != self._last_cause, cause
-        return PairStep(None, text, log)
+        return PairStep(None, text, log, cause)
 
     def forget(self) -> None:
         """Drop the previous frame (after a frame that could not be processed)."""

@@ -24,6 +24,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.qos import HistoryPolicy, QoSProfile
 
 from mdflow_ros.inference.backend import BACKENDS
+from mdflow_ros.ros.pairing import MAX_FRAME_GAP_S
 
 DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
 """Largest frame the node takes by default: 4K UHD (README: its peak memory)."""
@@ -93,7 +94,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_transport", "raw",
               "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage on `image/compressed`.",
               choices=("raw", "compressed")),
-    ParamSpec("max_frame_gap", 0.5,
+    ParamSpec("max_frame_gap", MAX_FRAME_GAP_S,
               "Largest time in seconds between the stamps of two frames that still form a pair; a larger gap "
               "resets the pair. 0: no limit.", read_only=False, float_range=(0.0, 3600.0)),
     ParamSpec("output_scale", 1.0,

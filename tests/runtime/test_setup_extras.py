@@ -52,7 +52,7 @@ def other_extra_sets(extras: set[str]):
 
 
 def test_the_extras_are_the_documented_ones(metadata):
-    assert metadata[1] == {"cpu", "gpu", "torch", "train", "ros", "demo", "autocast", "dev"}
+    assert metadata[1] == {"cpu", "gpu", "torch", "offline", "train", "ros", "demo", "autocast", "dev"}
 
 
 @pytest.mark.parametrize("machine", MACHINES)
@@ -75,3 +75,10 @@ def test_the_gpu_extra_brings_tensorrt_on_x86_64_and_pycuda_everywhere(metadata)
 def test_the_plain_install_is_the_runtime_without_pytorch(metadata):
     requirements, _ = metadata
     assert installed(requirements, (), "x86_64") == {"numpy", "opencv-contrib-python-headless"}
+
+
+def test_offline_flow_needs_no_pytorch_and_training_reads_recordings_with_the_same_libraries(metadata):
+    requirements, _ = metadata
+    offline = installed(requirements, ("offline",), "x86_64")
+    assert {"rosbags", "mcap", "tqdm", "pillow"} <= offline and "torch" not in offline
+    assert offline <= installed(requirements, ("train",), "x86_64")

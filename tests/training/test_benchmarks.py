@@ -9,7 +9,7 @@ import pytest
 
 from mdflow_ros.io.flow_files import write_flo, write_kitti_flow
 from training.data.benchmarks import open_benchmark
-from training.data.frames import DataError
+from mdflow_ros.io.frames import DataError
 
 GT_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/gt-dev"
 SIZE = (24, 32)

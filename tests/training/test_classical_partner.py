@@ -19,7 +19,7 @@ from mdflow_ros.synthetic import photo_library
 from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint
 from training.config import DEFAULTS, ConfigError, load_config, load_pipeline_config, merge
-from training.data.file_sources import ImageFolderFrames
+from mdflow_ros.io.file_sources import ImageFolderFrames
 from training.data.pairs import FramePairs
 from training.make_bag import write_known_motion_bag
 from training.partners import (

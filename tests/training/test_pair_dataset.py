@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from mdflow_ros.synthetic import photo_library
 from training.config import DEFAULTS
-from training.data.file_sources import ImageFolderFrames, VideoFrames
-from training.data.frames import DataError
+from mdflow_ros.io.file_sources import ImageFolderFrames, VideoFrames
+from mdflow_ros.io.frames import DataError
 from training.data.pairs import FramePairs, open_sources, recording_pairs
+from support import write_video
 
 SIZE = (96, 128)
 
@@ -23,16 +24,6 @@ def frames() -> list[np.ndarray]:
     """Twelve (96, 128, 3) uint8 RGB frames: a real photo panning 4 px per frame."""
     photo = cv2.resize(photo_library()[0], (200, 150), interpolation=cv2.INTER_AREA)
     return [np.ascontiguousarray(photo[10:10 + SIZE[0], 4 * k:4 * k + SIZE[1]]) for k in range(12)]
-
-
-def write_video(path: Path, frames: list[np.ndarray], fourcc: str, fps: float = 10.0) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (frames[0].shape[1], frames[0].shape[0]))
-    if not writer.isOpened():
-        pytest.skip(f"this OpenCV build cannot write {fourcc} into {path.suffix}")
-    for frame in frames:
-        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
-    writer.release()
-    return path
 
 
 def write_folder(folder: Path, frames: list[np.ndarray], suffix: str = ".png") -> Path:

@@ -16,9 +16,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from mdflow_ros.synthetic import photo_library
-from training.data.frames import DataError, UnsupportedEncodingError, array_to_rgb, image_to_rgb
+from mdflow_ros.io.frames import DataError, UnsupportedEncodingError, array_to_rgb, image_to_rgb
 from training.data.pairs import FramePairs, open_sources
-from training.data.rosbag_source import BagReadError, RosbagFrames
+from mdflow_ros.io.bags import BagReadError, RosbagFrames
 from training.make_bag import DEFAULT_START_NS, write_sequence_bag
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mdflow_ros.io.flow_files import read_flow
-from training.data.file_sources import natural_key
-from training.data.frames import DataError, FrameDecodeError, decode_image_bytes
+from mdflow_ros.io.file_sources import natural_key
+from mdflow_ros.io.frames import DataError, FrameDecodeError, decode_image_bytes
 
 SINTEL_PASSES: tuple[str, ...] = ("clean", "final")
 KITTI_IMAGE_DIRS: tuple[str, ...] = ("image_2", "colored_0", "image_0")

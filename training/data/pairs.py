@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mdflow_ros.conventions import SIZE_MULTIPLE
-from training.data.file_sources import (
+from mdflow_ros.io.file_sources import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     ImageFolderFrames,
@@ -28,9 +28,9 @@ from training.data.file_sources import (
     image_files,
     natural_key,
 )
-from training.data.frames import DataError, FrameDecodeError, FrameSource
+from mdflow_ros.io.frames import DataError, FrameDecodeError, FrameSource
 from training.partners import PartnerError
-from training.data.rosbag_source import BAG_SUFFIXES, RosbagFrames, is_bag_path
+from mdflow_ros.io.bags import BAG_SUFFIXES, RosbagFrames, is_bag_path
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, layered_pair, photo_library
-from training.data.file_sources import image_files
-from training.data.frames import DataError
+from mdflow_ros.io.file_sources import image_files
+from mdflow_ros.io.frames import DataError
 from training.data.pairs import LabelFn, flow_tensor, mask_tensor, to_tensor
 
 MAX_PHOTO_SIDE: int = 1600

@@ -1,13 +1,14 @@
 """Frames of one image topic from rosbags (rosbag2 sqlite3/mcap, ROS 1 .bag), read with ``rosbags``.
 
-No ROS install is needed. Opening a bag indexes its image messages (bag time, header stamp,
-connection and image size per message, about 30 bytes each) in one streaming pass that
+No ROS install is needed. ``BagStream`` (offline flow) reads a topic once, in bag-time order and
+constant memory. ``RosbagFrames`` (training) indexes the image messages on opening (bag time, header
+stamp, connection and image size per message, about 30 bytes each) in one streaming pass that
 validates each message but keeps no pixels; ``frame(i)`` later re-reads message i by its
 bag time (an indexed query in sqlite3, one chunk in mcap) and decodes it. Damaged input is
 skipped and counted: messages that do not deserialize or hold inconsistent images, parts of
 a file the reader fails on (reading resumes after them), and whole bags that cannot be
 opened when other bags remain. An MCAP bag cut short before its footer (a killed recorder)
-is read from a repaired copy of its intact start (training.data.mcap_recovery), with the
+is read from a repaired copy of its intact start (mcap_recovery.py), with the
 messages lost counted; only when nothing before the damage is readable is it refused.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import array
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
-from training.data.frames import (
+from mdflow_ros.io.frames import (
     DataError,
     FrameDecodeError,
     FrameSource,
@@ -34,7 +35,7 @@ from training.data.frames import (
     encoded_image_size,
     message_to_rgb,
 )
-from training.data.mcap_recovery import recover_truncated_mcap
+from mdflow_ros.io.mcap_recovery import recover_truncated_mcap
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def choose_topic(path: Path, connections: Sequence[Connection], topic: str | Non
     if topic is None:
         if len(images) > 1:
             raise DataError(f"bag {path} has several image topics: {', '.join(sorted(images))}; "
-                            f"choose one with topic=...")
+                            "choose one with topic=... (--topic in mdflow-flow)")
         return next(iter(images))
     if topic not in images:
         other = next((c.msgtype for c in connections if c.topic == topic), None)
@@ -142,6 +143,74 @@ def resilient_messages(reader: AnyReader, connections: Sequence[Connection],
 
 
 @dataclass
+class MessageTally:
+    """What reading one topic of one bag met: messages recorded (``expected``), returned by the
+    reader (``seen``), unusable (did not deserialize or validate) and the reader's errors."""
+
+    expected: int
+    seen: int = 0
+    unusable: int = 0
+    first_problem: str = ""
+    read_errors: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        """Messages never returned because the reader failed part-way (recorded count minus those seen)."""
+        return max(0, self.expected - self.seen) if self.read_errors else 0
+
+    @property
+    def bad(self) -> int:
+        """Messages skipped: unusable ones and those lost to read errors."""
+        return self.unusable + self.lost
+
+    def detail(self) -> str:
+        """The first problem met, in words ("" when none)."""
+        return self.first_problem or (self.read_errors[0] if self.read_errors else "")
+
+    def report(self, path: Path, topic: str) -> str:
+        """One line saying what was skipped in ``topic`` of bag ``path``."""
+        return (f"bag {path} topic {topic}: skipped {self.bad} damaged or unusable message(s) of "
+                f"{max(self.expected, self.seen)} ({len(self.read_errors)} read error(s)); first: {self.detail()}")
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One usable image message: its connection, bag (receive) time and header stamp (ns), (H, W) and
+    the deserialized Image or CompressedImage."""
+
+    conn: Connection
+    log_ns: int
+    stamp_ns: int
+    height: int
+    width: int
+    msg: Any
+
+
+def topic_connections(reader: AnyReader, topic: str) -> list[Connection]:
+    """The image connections of ``topic`` in an opened reader."""
+    return [c for c in reader.connections if c.topic == topic and c.msgtype in IMAGE_TYPES]
+
+
+def usable_messages(reader: AnyReader, connections: Sequence[Connection], tally: MessageTally) -> Iterator[BagMessage]:
+    """The messages of ``connections`` in bag-time order that deserialize and validate as images.
+
+    Read errors are survived (see resilient_messages); unusable messages are skipped; both are
+    counted in ``tally``.
+    """
+    for conn, log_ns, raw in resilient_messages(reader, connections, tally.read_errors):
+        tally.seen += 1
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+            height, width = message_size(msg)
+            stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        except Exception as err:  # deserializing damaged bytes can fail in many ways
+            tally.unusable += 1
+            tally.first_problem = tally.first_problem or f"message at bag time {log_ns} ns: {type(err).__name__}: {err}"
+            continue
+        yield BagMessage(conn, log_ns, stamp_ns, height, width, msg)
+
+
+@dataclass
 class BagIndex:
     """Where the frames of one bag are: one entry per usable message, in bag-time order.
 
@@ -179,44 +248,29 @@ def index_bag(path: Path, topic: str | None) -> BagIndex:
     reader = open_reader(path)
     try:
         chosen = choose_topic(path, reader.connections, topic)
-        connections = [c for c in reader.connections if c.topic == chosen and c.msgtype in IMAGE_TYPES]
+        connections = topic_connections(reader, chosen)
         position = {c.id: k for k, c in enumerate(connections)}
-        expected = sum(c.msgcount for c in connections)
+        tally = MessageTally(sum(c.msgcount for c in connections))
         rows = array.array("q")                     # ROW_FIELDS int64 values per usable message
-        unusable, first_problem = 0, ""
-        read_errors: list[str] = []
-        seen = 0
         last: dict[int, tuple[int, int]] = {}       # connection id -> (bag time, rank) of its latest message
-        for conn, log_ns, raw in resilient_messages(reader, connections, read_errors):
-            seen += 1
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-                height, width = message_size(msg)
-                stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-            except Exception as err:  # deserializing damaged bytes can fail in many ways
-                unusable += 1
-                first_problem = first_problem or f"message at bag time {log_ns} ns: {type(err).__name__}: {err}"
-                continue
-            previous_time, previous_rank = last.get(conn.id, (None, -1))
-            rank = previous_rank + 1 if previous_time == log_ns else 0
-            last[conn.id] = (log_ns, rank)
-            rows.extend((log_ns, stamp_ns, position[conn.id], rank, height, width))
+        for m in usable_messages(reader, connections, tally):
+            previous_time, previous_rank = last.get(m.conn.id, (None, -1))
+            rank = previous_rank + 1 if previous_time == m.log_ns else 0
+            last[m.conn.id] = (m.log_ns, rank)
+            rows.extend((m.log_ns, m.stamp_ns, position[m.conn.id], rank, m.height, m.width))
     finally:
         reader.close()
 
-    lost = max(0, expected - seen) if read_errors else 0
-    bad = unusable + lost
-    detail = first_problem or (read_errors[0] if read_errors else "")
-    if bad:
-        log.warning("bag %s topic %s: skipped %d damaged or unusable message(s) of %d (%d read error(s)); first: %s",
-                    path, chosen, bad, max(expected, seen), len(read_errors), detail)
+    if tally.bad:
+        log.warning("%s", tally.report(path, chosen))
     if not rows:
-        raise DataError(f"bag {path} topic {chosen}: no usable image message ({detail or 'the topic has no messages'})")
+        raise DataError(f"bag {path} topic {chosen}: no usable image message "
+                        f"({tally.detail() or 'the topic has no messages'})")
     table = np.frombuffer(rows, dtype=np.int64).reshape(-1, ROW_FIELDS)
     return BagIndex(path=path, topic=chosen, conn_ids=[c.id for c in connections],
                     log_ns=table[:, 0].copy(), stamp_ns=table[:, 1].copy(),
                     conn=table[:, 2].astype(np.int16), dup=table[:, 3].astype(np.int32),
-                    sizes=table[:, 4:6].astype(np.int32), bad_messages=bad)
+                    sizes=table[:, 4:6].astype(np.int32), bad_messages=tally.bad)
 
 
 def recover_bag(path: Path, topic: str | None, error: BagReadError) -> BagIndex | None:
@@ -258,11 +312,7 @@ class RosbagFrames(FrameSource):
         self.skipped_bags: list[tuple[Path, str]] = []
         for raw_path in paths:
             path = Path(raw_path)
-            if not path.exists():
-                raise FileNotFoundError(f"bag path does not exist: {path}")
-            if not is_bag_path(path):
-                raise DataError(f"{path} is not a bag (expected a rosbag2 directory with metadata.yaml, "
-                                f"or a {'/'.join(BAG_SUFFIXES)} file)")
+            check_bag_path(path)
             try:
                 self.bags.append(index_bag(path, topic))
             except BagReadError as err:
@@ -301,7 +351,7 @@ class RosbagFrames(FrameSource):
         if bag not in self._readers:
             index = self.bags[bag]
             reader = open_reader(index.path)
-            by_id = {c.id: c for c in reader.connections if c.topic == index.topic}
+            by_id = {c.id: c for c in topic_connections(reader, index.topic)}
             self._readers[bag] = (reader, by_id)
         return self._readers[bag]
 
@@ -346,3 +396,67 @@ class RosbagFrames(FrameSource):
         state = self.__dict__.copy()
         state["_readers"] = {}
         return state
+
+
+def check_bag_path(path: Path) -> None:
+    """FileNotFoundError for a missing path, DataError for one that is not a bag."""
+    if not path.exists():
+        raise FileNotFoundError(f"bag path does not exist: {path}")
+    if not is_bag_path(path):
+        raise DataError(f"{path} is not a bag (expected a rosbag2 directory with metadata.yaml, "
+                        f"or a {'/'.join(BAG_SUFFIXES)} file)")
+
+
+class BagStream:
+    """The usable image messages of one topic of one bag, read once in bag-time order (constant memory).
+
+    topic: the topic to read, or None for the bag's only image topic (DataError otherwise, see
+    choose_topic). Damaged and unusable messages are skipped while iterating and counted in
+    ``tally``; an MCAP bag cut short before its footer is read from a repaired copy of its intact
+    start, as training reads it (recover_bag), the messages its metadata.yaml recorded beyond
+    that counted as lost. Opening raises BagReadError for a bag that cannot be opened at all.
+    ``len`` is the number of messages the bag recorded on the topic, ``duration_ns`` the time
+    span it covers. Use as a context manager, or call close().
+    """
+
+    def __init__(self, path: str | Path, topic: str | None = None) -> None:
+        self.path = Path(path)
+        check_bag_path(self.path)
+        recorded, cut_short = None, ""
+        try:
+            self._reader = open_reader(self.path)
+        except BagReadError as err:
+            recovery = recover_truncated_mcap(self.path)
+            if recovery is None:
+                raise
+            self._reader = open_reader(recovery.path)
+            recorded = recovery.expected_messages
+            cut_short = f"{err}; read from a repaired copy of its first {recovery.kept_bytes} bytes"
+            log.warning("bag %s ends early: %s", self.path, cut_short)
+        try:
+            self.topic = choose_topic(self.path, self._reader.connections, topic)
+        except DataError:
+            self._reader.close()
+            raise
+        self._connections = topic_connections(self._reader, self.topic)
+        found = sum(c.msgcount for c in self._connections)
+        self.tally = MessageTally(max(found, (recorded or {}).get(self.topic, found)))
+        if cut_short:
+            self.tally.read_errors.append(cut_short)
+        self.duration_ns = int(self._reader.duration)
+
+    def __len__(self) -> int:
+        return self.tally.expected
+
+    def __iter__(self) -> Iterator[BagMessage]:
+        return usable_messages(self._reader, self._connections, self.tally)
+
+    def close(self) -> None:
+        """Close the bag reader."""
+        self._reader.close()
+
+    def __enter__(self) -> BagStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

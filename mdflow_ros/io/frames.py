@@ -1,9 +1,10 @@
-"""The common frame representation of training data, and conversions into it.
+"""The common frame representation of recordings, and conversions into it.
 
 Every frame source (rosbag, video, image folder) hands out frames as numpy arrays
 (H, W, 3) uint8 holding RGB. This module converts ROS image encodings and compressed
 images into that form, defines the errors that bad input raises, and the ``FrameSource``
-interface that the pair dataset builds on.
+interface that training's pair dataset builds on. Offline flow (mdflow_ros/offline.py) and
+training read recordings through it alike.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mdflow_ros.io.ros_image import ImageDecodeError, image_to_array
 
 
 class DataError(ValueError):
-    """Training input that cannot be used; the message says which input and why."""
+    """A recording (bag, video, image folder) that cannot be used; the message says which input and why."""
 
 
 class UnsupportedEncodingError(DataError):

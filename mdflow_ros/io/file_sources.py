@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data.frames import (
+from mdflow_ros.io.frames import (
     DataError,
     FrameDecodeError,
     FrameSource,
