@@ -25,12 +25,12 @@ from mdflow_ros.io.file_sources import (
     VIDEO_SUFFIXES,
     ImageFolderFrames,
     VideoFrames,
-    image_files,
     natural_key,
 )
+from mdflow_ros.io.bags import BAG_SUFFIXES, RosbagFrames
 from mdflow_ros.io.frames import DataError, FrameDecodeError, FrameSource
+from mdflow_ros.io.recordings import recording_kind
 from training.partners import PartnerError
-from mdflow_ros.io.bags import BAG_SUFFIXES, RosbagFrames, is_bag_path
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,6 @@ masks "mask_fw", "mask_bw" (H, W) on frames 1 and 2 (training/partners.py PairLa
 
 MAX_PAIR_TRIES: int = 8
 """A pair with an undecodable frame is replaced by the next pair, at most this many times in a row."""
-
-
-def _source_kind(path: Path) -> str | None:
-    if is_bag_path(path):
-        return "bag"
-    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        return "video"
-    if path.is_dir() and image_files(path):
-        return "images"
-    return None
 
 
 def open_sources(paths: str | Path | Sequence[str | Path], topic: str | None = None) -> list[FrameSource]:
@@ -74,13 +64,13 @@ def open_sources(paths: str | Path | Sequence[str | Path], topic: str | None = N
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"data path does not exist: {path}")
-        kind = _source_kind(path)
+        kind = recording_kind(path)
         if kind is not None:
             found.append((kind, path))
             continue
         if path.is_dir():
             inner = [(k, p) for p in sorted(path.iterdir(), key=lambda p: natural_key(p.name))
-                     if (k := _source_kind(p)) is not None]
+                     if (k := recording_kind(p)) is not None]
             if inner:
                 found += inner
                 continue
