@@ -317,3 +317,22 @@ def test_the_teachers_photometric_term_and_original_pass_add_their_terms(bag, tm
     assert {"unsupervised", "distillation_clean", "photometric", "smoothness"} <= set(terms)
     assert terms["loss"] == pytest.approx(terms["distillation"] + 0.5 * terms["unsupervised"], rel=1e-5)
     assert math.isfinite(terms["label_epe"]) and 0 < terms["selected"] <= 1
+
+
+def test_a_pipeline_starts_from_the_classical_round_then_runs_stages_2_and_3(bag, tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "first": "classical", "seed": 3, "partner": {"method": "dis-fast"},
+        "data": {"crop": [64, 64], "synthetic_pairs": 2, "num_workers": 0},
+        "train": {"batch_size": 2, "threads": 1, "log_every": 1, "checkpoint_every": 1, "val_every": 1000},
+        "loss": {"occ_bias": 100.0}, "student": {"train_iters": 2}, "validation": {"synthetic_pairs": 0},
+        "stages": {"classical": {"train": {"steps": 2}}, "stage2": {"train": {"steps": 1}},
+                   "stage3": {"train": {"steps": 1}}}}))
+    result = run_script("mdflow.py", config, bag, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metas = {name: load_model_file(tmp_path / "run" / name / model).meta for name, model in (
+        ("1-classical", "teacher_fastflownet.pt"), ("1-stage2", "student_raft.pt"), ("1-stage3", "teacher_fastflownet.pt"))}
+    assert [m["stage"] for m in metas.values()] == ["classical", "stage2", "stage3"]
+    assert metas["1-classical"]["partner"]["method"] == "dis-fast"
+    assert metas["1-stage2"]["frozen"]["path"] == str((tmp_path / "run" / "1-classical" / "teacher_fastflownet.pt").resolve())
+    assert metas["1-stage3"]["init"]["sha256"] == metas["1-stage2"]["frozen"]["sha256"], "stage 3 continues it"
