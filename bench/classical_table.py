@@ -9,7 +9,8 @@ other work on a shared machine barely changes, unlike wall time:
 
 - ``rates``: each row's training throughput in pairs per CPU second (labels included: classical
   rows start with an empty partner cache), from ``--probe-steps`` more steps than a 3-step run,
-  on ``--threads`` threads; written to RUN_DIR/rates.json.
+  on ``--threads`` threads; written to RUN_DIR/rates.json after each row (rows already there are
+  kept, so an interrupted phase resumes; delete the file to measure again).
 - ``train``: each row trains for budget x its rate pairs, i.e. the same CPU time on this CPU
   (resumable; complete rows are skipped), validating its moving average 4 times on the way on
   the validation split, the held-out synthetic set and the ground-truth folders.
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         data = list(args.data) if row.recordings else []
         teacher = args.teacher if row.init else None
-        if args.phase == "rates":
+        if args.phase == "rates" and row.name not in rates:
             cfg = row_config(row, classical, stage1, args.threads, Path("unused"))
             rates[row.name] = measure_rate(cfg, data, teacher, args.probe_steps)
             LOG.info("%s: %.3f pairs/s", row.name, rates[row.name])
