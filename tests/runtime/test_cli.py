@@ -41,8 +41,9 @@ def test_without_pytorch_the_cli_runs_the_shipped_model_on_onnx_runtime(tmp_path
     assert not torch_log.exists(), f"the CLI tried to import {torch_log.read_text().split()}"
     flow, known = read_flow(out)
     assert flow.shape == (192, 256, 2) and known.all() and cv2.imread(str(viz)).shape == (192, 512, 3)
+    np.testing.assert_allclose(flow, FlowEstimator().estimate(pair.img1, pair.img2).flow, atol=1e-4)
     zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
-    assert epe(flow, pair.flow, pair.valid) < 0.5 * zero
+    assert epe(flow, pair.flow, pair.valid) < 0.3 * zero
 
 
 def _mdflow_flow() -> str:
