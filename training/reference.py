@@ -3,14 +3,15 @@
     python training/ship_model.py --record-reference mdflow_ros/weights/teacher_fastflownet.pt [...student_raft.pt]
 
 ``record`` measures a shipped model file through the public FlowEstimator API on fixed inputs
-(real scikit-image photos under known motion, the same on every machine) with every backend it
-ships for (PyTorch from the ``.pt``; ONNX Runtime from the ``.onnx`` beside it; the int8
-``.int8.onnx`` when shipped), and writes ``<name>.reference.json`` beside it: the files
-(SHA-256), the inputs, the library versions, and per backend the EPE on REFERENCE_SET, the
-median flow on each REFERENCE_SHIFTS translation, and (with confidence) the share of reliable
-pixels (confidence > 0.5) on the occluded and on the visible background of REFERENCE_OCCLUDER.
-``measure`` is what the tests (tests/runtime/test_shipped_models.py) run live and compare with
-the record, so a change in what users receive (scale, axes, confidence, weights) fails them.
+(ReferenceInputs: real scikit-image photos under known motion, the same on every machine) with
+every backend it ships for (PyTorch on the ``.pt``; ONNX Runtime on the ``.onnx`` beside it; the
+int8 ``.int8.onnx`` when shipped), and writes ``<name>.reference.json`` beside it: the files
+(SHA-256), the inputs, the library versions, and per backend the EPE on the held-out pairs, the
+median flow of each exact translation, and (with confidence) the share of reliable pixels
+(confidence > 0.5) on the occluded and on the visible background of a scene with a known
+occluder. ``measure`` is what the tests (tests/runtime/test_shipped_models.py) run live and
+compare with the record, so a change in what users receive (scale, axes, confidence, weights)
+fails them.
 """
 from __future__ import annotations
 
@@ -141,14 +142,17 @@ def shipped_backends(model: Path) -> dict[str, tuple[str, Path, bool]]:
     return backends
 
 
-def record(model: Path) -> Path:
-    """Measure the shipped ``model`` with every backend it ships for; write and return its reference file."""
+def record(model: Path, inputs: ReferenceInputs | None = None) -> Path:
+    """Measure the shipped ``model`` with every backend it ships for; write and return its reference file.
+
+    inputs: the reference inputs (default: INPUTS of the model's architecture).
+    """
     import onnxruntime
     import torch
 
     from mdflow_ros.models.model_file import load_model_file
 
-    inputs = INPUTS[load_model_file(model).arch]
+    inputs = inputs or INPUTS[load_model_file(model).arch]
     backends = {}
     for key, (backend, path, conf) in shipped_backends(model).items():
         est = FlowEstimator(backend=backend, model=path, confidence=conf and inputs.confidence, threads=THREADS)

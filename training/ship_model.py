@@ -40,7 +40,7 @@ from training.export_trt import onnx_parity
 from training.evaluate import GroundTruthSet, benchmark_sets, estimator_fn, evaluate, synthetic_set, zero_flow
 from training.parity import describe_parity
 from training.quantize_onnx import quantize
-from training.reference import int8_path, record
+from training.reference import ReferenceInputs, int8_path, record
 
 SHIPPED_NAMES = {"fastflownet": "teacher_fastflownet", "raft": "student_raft"}
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "mdflow_ros" / "weights"
@@ -126,11 +126,12 @@ def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], 
 
 
 def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 16, half: bool = False,
-         int8: bool = False) -> list[Path]:
+         int8: bool = False, reference_inputs: ReferenceInputs | None = None) -> list[Path]:
     """Write the shipped model file, its ONNX (teacher; int8 too with ``int8``), its card and its
     reference into ``out``; returns the paths.
 
     half: store the weights as float16; the ONNX files and the metrics use the stored weights.
+    reference_inputs: the reference's inputs (default: training/reference.py's for the architecture).
     """
     source = load_model_file(model)
     name = SHIPPED_NAMES[source.arch]
@@ -156,7 +157,7 @@ def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 1
     card = out / f"{name}.md"
     card.write_text(model_card(name, shipped, source.arch, stages, metrics_table(shipped, sets), notes, onnx, parity))
     written.append(card)
-    written.append(record(shipped))
+    written.append(record(shipped, reference_inputs))
     return written
 
 

@@ -22,7 +22,7 @@ from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_metadata
 from mdflow_ros.models.deploy import DeployedFlow
 from mdflow_ros.models.model_file import load_model
 from training.reference import (THREADS, ReferenceInputs, int8_path, load_reference, measure, occluder_scene,
-                                reference_path, shift_pairs)
+                                reference_path)
 from training.selection import reliable_masks
 
 TEACHER, STUDENT = shipped_model("teacher"), shipped_model("student")
