@@ -28,6 +28,7 @@ from mdflow_ros.files import ModelFileError
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
 from mdflow_ros.inference.backend import BACKENDS, BackendUnavailable
 from mdflow_ros.io import write_flow
+from mdflow_ros.io.flow_files import check_flow_path
 from mdflow_ros.io.colorwheel import flow_picture
 from mdflow_ros.ros.pairing import MAX_FRAME_GAP_S
 
@@ -48,9 +49,19 @@ def estimator_from(args: argparse.Namespace) -> FlowEstimator:
                          threads=args.threads, input_size=tuple(args.input_size) if args.input_size else None)
 
 
+def check_pair_outputs(args: argparse.Namespace) -> None:
+    """A --out or --viz that cannot be written fails here, before the model loads and runs."""
+    if args.out:
+        check_flow_path(args.out)
+    if args.viz and not cv2.haveImageWriter(args.viz):
+        raise InputError(f"--viz {args.viz}: OpenCV cannot write {Path(args.viz).suffix or 'suffix-less'} pictures; "
+                         "give a .png or .jpg file")
+
+
 def flow_pair(args: argparse.Namespace) -> int:
     """Pair mode: flow from the first image file to the second."""
     img1, img2 = args.inputs
+    check_pair_outputs(args)
     est = estimator_from(args)
     flow, conf = est.estimate(read_rgb(img1), read_rgb(img2), output_scale=args.output_scale)
     mag = np.linalg.norm(flow, axis=2)
@@ -62,7 +73,8 @@ def flow_pair(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     if args.viz:
         Path(args.viz).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(args.viz, cv2.cvtColor(flow_picture(flow, conf), cv2.COLOR_RGB2BGR))
+        if not cv2.imwrite(args.viz, cv2.cvtColor(flow_picture(flow, conf), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {args.viz}")
         print(f"wrote {args.viz}")
     return 0
 

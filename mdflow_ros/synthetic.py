@@ -382,3 +382,60 @@ def held_out_pairs(n: int, size: tuple[int, int] = (384, 512), seed: int = 0,
         else:
             pairs.append(layered_pair(photos, size, rng))
     return pairs
+
+
+def translated_pair(photo: np.ndarray, size: tuple[int, int], shift: tuple[int, int],
+                    origin: tuple[int, int]) -> KnownMotionPair:
+    """Two crops of ``photo`` whose content moves by the integer ``shift`` (u, v) pixels, exactly.
+
+    photo: (h, w, 3) uint8 RGB; size: (H, W) of the frames; origin: (top, left) of frame 1 in
+    the photo. Frame 2 is the crop at (top - v, left - u), so pixel (x, y) of frame 1 is at
+    (x + u, y + v) in frame 2: no resampling, flow (u, v) everywhere, valid where it stays in frame 2.
+    """
+    photo = _check_photo(photo)
+    height, width = _check_size(size)
+    (u, v), (top, left) = (int(s) for s in shift), (int(o) for o in origin)
+    if not (0 <= top - max(v, 0) and top - min(v, 0) + height <= photo.shape[0]
+            and 0 <= left - max(u, 0) and left - min(u, 0) + width <= photo.shape[1]):
+        raise ValueError(f"a {width}x{height} crop at {origin} moved by {shift} leaves the "
+                         f"{photo.shape[1]}x{photo.shape[0]} photo")
+    img1 = photo[top:top + height, left:left + width].copy()
+    img2 = photo[top - v:top - v + height, left - u:left - u + width].copy()
+    flow = np.broadcast_to(np.array([u, v], np.float32), (height, width, 2)).copy()
+    return KnownMotionPair(img1, img2, flow, _in_frame(flow))
+
+
+def occluder_pair(background: np.ndarray, patch: np.ndarray, size: tuple[int, int], origin: tuple[int, int],
+                  background_shift: tuple[int, int], corner: tuple[int, int],
+                  patch_shift: tuple[int, int]) -> tuple[KnownMotionPair, np.ndarray]:
+    """A translated background with an opaque square ``patch`` in front, moving by its own shift.
+
+    background as in ``translated_pair`` (origin, background_shift); patch: (s, s, 3) uint8 RGB
+    pasted at ``corner`` (top, left) in frame 1 and at corner + patch_shift in frame 2. Returns
+    the pair (flow: the patch's shift on the patch, the background's elsewhere; valid: the
+    destination in frame 2 shows the same surface) and ``occluded`` (H, W) bool: the background
+    pixels of frame 1 that the patch covers in frame 2, the known occlusion.
+    """
+    pair = translated_pair(background, size, background_shift, origin)
+    patch = _check_photo(patch, "patch")
+    side = patch.shape[0]
+    (top, left), (pu, pv) = corner, patch_shift
+    height, width = pair.img1.shape[:2]
+    if patch.shape[1] != side or not (0 <= min(top, top + pv) and max(top, top + pv) + side <= height
+                                      and 0 <= min(left, left + pu) and max(left, left + pu) + side <= width):
+        raise ValueError(f"the patch must be square and stay inside the frame in both frames, got {patch.shape[:2]} "
+                         f"at {corner} moved by {patch_shift}")
+    pair.img1[top:top + side, left:left + side] = patch
+    pair.img2[top + pv:top + pv + side, left + pu:left + pu + side] = patch
+    xs, ys = _pixel_grid(height, width)
+
+    def on_patch(x: np.ndarray, y: np.ndarray, t: int, l: int) -> np.ndarray:
+        return (y >= t) & (y < t + side) & (x >= l) & (x < l + side)
+
+    front = on_patch(xs, ys, top, left)
+    pair.flow[front] = (pu, pv)
+    x2, y2 = xs + pair.flow[:, :, 0], ys + pair.flow[:, :, 1]
+    covered_later = on_patch(x2, y2, top + pv, left + pu)
+    occluded = ~front & covered_later
+    pair.valid = _in_frame(pair.flow) & ~occluded
+    return pair, occluded

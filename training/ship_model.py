@@ -1,7 +1,8 @@
 """Ship a trained model into the package: weights, validated ONNX (teacher) and a model card.
 
     python training/ship_model.py RUN/teacher_fastflownet.pt --notes NOTES.md \
-        [--data ../shared/data/gt-dev/*] [--out mdflow_ros/weights] [--half]
+        [--data ../shared/data/gt-dev/*] [--out mdflow_ros/weights] [--half] [--int8]
+    python training/ship_model.py --record-reference mdflow_ros/weights/teacher_fastflownet.pt [...]
 
 Writes, in ``--out``, the model file under its standard name (``teacher_fastflownet.pt`` or
 ``student_raft.pt``) with its lineage folded into ``meta["lineage"]`` (every stage it came
@@ -12,7 +13,12 @@ PyTorch beyond ``export_trt``'s parity limit. Last, ``<name>.md``: the model car
 Fl-all measured here on the held-out synthetic set and on every ``--data`` set (zero flow
 beside it), and the hand-written ``--notes`` (targets, known weaknesses) appended.
 ``--half`` stores the weights as float16 (half the file; they load as float32): the ONNX file
-and every metric then come from the rounded weights, as users get them.
+and every metric then come from the rounded weights, as users get them. ``--int8`` also writes
+``<name>.int8.onnx`` (training/quantize_onnx.py) from the shipped weights; an int8 file already in
+``--out`` from other weights is reported as stale (the tests refuse it). Last of all
+``<name>.reference.json`` (training/reference.py): what users get from each shipped file on fixed
+inputs, which the tests compare with. ``--record-reference`` re-records only that, for files
+already shipped.
 """
 from __future__ import annotations
 
@@ -28,10 +34,13 @@ import yaml
 from mdflow_ros.files import file_sha256
 from mdflow_ros.inference import FlowEstimator
 from mdflow_ros.inference.onnx_export import export_onnx
+from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_metadata
 from mdflow_ros.models.model_file import build_model, load_model, load_model_file, save_model_file
 from training.export_trt import onnx_parity
 from training.evaluate import GroundTruthSet, benchmark_sets, estimator_fn, evaluate, synthetic_set, zero_flow
 from training.parity import describe_parity
+from training.quantize_onnx import quantize
+from training.reference import ReferenceInputs, int8_path, record
 
 SHIPPED_NAMES = {"fastflownet": "teacher_fastflownet", "raft": "student_raft"}
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "mdflow_ros" / "weights"
@@ -116,10 +125,13 @@ def model_card(name: str, model: Path, arch: str, stages: list[dict[str, Any]], 
     return "\n".join(lines)
 
 
-def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 16, half: bool = False) -> list[Path]:
-    """Write the shipped model file, its ONNX (teacher) and its card into ``out``; returns the paths.
+def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 16, half: bool = False,
+         int8: bool = False, reference_inputs: ReferenceInputs | None = None) -> list[Path]:
+    """Write the shipped model file, its ONNX (teacher; int8 too with ``int8``), its card and its
+    reference into ``out``; returns the paths.
 
-    half: store the weights as float16; the ONNX file and the metrics use the stored weights.
+    half: store the weights as float16; the ONNX files and the metrics use the stored weights.
+    reference_inputs: the reference's inputs (default: training/reference.py's for the architecture).
     """
     source = load_model_file(model)
     name = SHIPPED_NAMES[source.arch]
@@ -135,25 +147,40 @@ def ship(model: Path, notes: str, data: list[str], out: Path, synthetic: int = 1
         onnx = export_onnx(load_model(shipped), out / f"{name}.onnx", True, source_sha256=file_sha256(shipped))
         parity = check_parity(shipped, onnx)
         written.append(onnx)
+        if int8:
+            written.append(quantize(shipped, int8_path(shipped)))
+        elif (int8_path(shipped).is_file()
+              and onnx_metadata(int8_path(shipped)).get(META_SOURCE) != file_sha256(shipped)):
+            print(f"ship_model: warning: {int8_path(shipped)} was made from other weights; re-quantize it "
+                  "(--int8) or delete it", file=sys.stderr)
     sets = ([synthetic_set(synthetic, (384, 512), 1234)] if synthetic else []) + benchmark_sets(data)
     card = out / f"{name}.md"
     card.write_text(model_card(name, shipped, source.arch, stages, metrics_table(shipped, sets), notes, onnx, parity))
     written.append(card)
+    written.append(record(shipped, reference_inputs))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path, help="trained model file (RUN/teacher_fastflownet.pt or RUN/student_raft.pt)")
-    parser.add_argument("--notes", type=Path, required=True, help="markdown appended to the card: targets, known weaknesses")
+    parser.add_argument("model", type=Path, nargs="?",
+                        help="trained model file (RUN/teacher_fastflownet.pt or RUN/student_raft.pt)")
+    parser.add_argument("--notes", type=Path, help="markdown appended to the card: targets, known weaknesses")
+    parser.add_argument("--record-reference", type=Path, nargs="+", metavar="SHIPPED",
+                        help="only re-record <name>.reference.json for these shipped model files")
     parser.add_argument("--data", nargs="*", default=[], help="ground-truth folders to measure on")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic pairs (0: none)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    parser.add_argument("--int8", action="store_true", help="teacher: also write the int8 graph")
     args = parser.parse_args(argv)
+    if args.record_reference is None and (args.model is None or args.notes is None):
+        parser.error("give the trained model file and --notes (or --record-reference SHIPPED...)")
     torch.set_num_threads(2)
     try:
-        for path in ship(args.model, args.notes.read_text(), args.data, args.out, args.synthetic, args.half):
+        paths = ([record(path) for path in args.record_reference] if args.record_reference else
+                 ship(args.model, args.notes.read_text(), args.data, args.out, args.synthetic, args.half, args.int8))
+        for path in paths:
             print(path)
     except (ValueError, FileNotFoundError) as err:
         print(f"ship_model: {err}", file=sys.stderr)

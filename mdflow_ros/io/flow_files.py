@@ -164,6 +164,11 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def check_flow_path(path: PathLike) -> None:
+    """ValueError naming the accepted suffixes unless ``path`` names a flow file format (.flo, .png, .npy)."""
+    _suffix(Path(path))
+
+
 def read_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a .flo, KITTI .png or .npy flow file -> (flow (H, W, 2) float32, valid (H, W) bool).
 

@@ -13,8 +13,9 @@ pytest.importorskip("rclpy")
 
 from mdflow_ros.ros.dds_env import PROFILE_VARIABLE  # noqa: E402
 from mdflow_ros.ros.harness import NodeProcess  # noqa: E402
-from mdflow_ros.ros.launch_args import LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
+from mdflow_ros.ros.launch_args import EXECUTABLE, LAUNCH_ARGUMENTS, flow_node_launch  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
+import launch_stand_ins  # noqa: E402
 from support import ROOT, flow_for_one_pair, known_motion_pairs, wait_until, write_params  # noqa: E402
 
 
@@ -50,7 +51,31 @@ def test_the_launch_file_builds_its_node_from_launch_args():
         assert name in cmake and (ROOT / name).is_file()
 
 
-@pytest.mark.skipif(not HAS_LAUNCH_ROS, reason="launch_ros is not installed (not on PyPI)")
+@pytest.mark.parametrize("values", [{}, {"image_topic": "/cam/rgb/", "params_file": "/p.yaml", "backend": "pytorch",
+                                         "namespace": "robot1/", "fastdds_profile": "none"}])
+def test_generate_launch_description_starts_the_node_the_tests_start(monkeypatch, values):
+    """The launch file itself, run against stand-ins of launch and launch_ros: it declares every launch argument
+    with its default and starts flow_node with exactly the arguments flow_node_launch gives the tests' nodes."""
+    launch_stand_ins.install(monkeypatch)
+    spec = importlib.util.spec_from_file_location("flow_launch_stand_in", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "get_package_share_directory", lambda package: f"/share/{package}")
+    description = module.generate_launch_description()
+    declared = [e for e in description.entities if isinstance(e, launch_stand_ins.DeclareLaunchArgument)]
+    assert [(d.name, d.default_value, d.description) for d in declared] == list(LAUNCH_ARGUMENTS)
+    context = launch_stand_ins.LaunchContext()
+    context.launch_configurations.update({d.name: d.default_value for d in declared}, **values)
+    (opaque,) = [e for e in description.entities if isinstance(e, launch_stand_ins.OpaqueFunction)]
+    (node,) = opaque.execute(context)
+    expected = flow_node_launch("/share/mdflow_ros", **{**{n: d for n, d, _ in LAUNCH_ARGUMENTS}, **values})
+    assert (node.package, node.executable) == ("mdflow_ros", EXECUTABLE)
+    assert node.ros_args() == expected.ros_args() and node.environment == expected.environment
+    assert f"{EXECUTABLE} = mdflow_ros.node:main" in (ROOT / "setup.py").read_text()
+
+
+@pytest.mark.skipif(not HAS_LAUNCH_ROS, reason="launch_ros is not installed (not on PyPI); the launch file runs "
+                                               "against stand-ins in test_generate_launch_description_starts_...")
 def test_the_launch_description_declares_the_arguments_and_starts_the_node(monkeypatch):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction

@@ -16,13 +16,14 @@ import pytest
 
 pytest.importorskip("rclpy")
 
+from mdflow_ros.inference import FlowEstimator  # noqa: E402
 from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
 from mdflow_ros.ros.frame_player import ZERO_SIZE, Plan  # noqa: E402
 from mdflow_ros.ros.harness import NodeLink  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
 from mdflow_ros.synthetic import camera_motion_pair, photo_library  # noqa: E402
-from support import (known_motion_pairs, play, rss_mb, start_node, wait_until,  # noqa: E402
+from support import (SHIPPED_MODEL, known_motion_pairs, play, rss_mb, start_node, wait_until,  # noqa: E402
                            write_params)
 
 
@@ -51,6 +52,18 @@ def node(ros, flow_model):
 
 
 @pytest.fixture(scope="module")
+def estimator(flow_model) -> FlowEstimator:
+    """FlowEstimator as the module's node runs it (same model, backend and network size)."""
+    return FlowEstimator(backend="onnxruntime", model=flow_model.path, input_size=flow_model.net_size, threads=1)
+
+
+def assert_same_as_estimator(msg, expected) -> None:
+    """The node publishes exactly what FlowEstimator computes on the same frames."""
+    np.testing.assert_allclose(image_to_array(msg.flow), expected.flow, atol=1e-3)
+    np.testing.assert_allclose(image_to_array(msg.confidence), expected.confidence, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
 def receiver(ros, node):
     rx = NodeLink(ros.domain)
     try:
@@ -58,6 +71,11 @@ def receiver(ros, node):
         yield rx
     finally:
         rx.close()
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 grey (BT.601 weights), the mono frames of the encoding test."""
+    return (img @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
 
 
 def burst_plan(pair_indices, encode=lambda img: (img, None)) -> Plan:
@@ -82,7 +100,7 @@ def received_after(rx: NodeLink, count: int, start: int, timeout: float = 20.0) 
     return [m for _, m in rx.flows[start:]]
 
 
-def test_flow_matches_the_known_motion_with_the_stamps_sent(ros, receiver):
+def test_flow_matches_the_known_motion_with_the_stamps_sent(ros, receiver, estimator):
     views = {t: receiver.subscribe_view(f"optical_flow/{t}") for t in ("flow", "confidence", "color")}
     wait_until(lambda: all(s.get_publisher_count() for s in receiver.view_subscriptions.values()), 10,
                "the view subscriptions to match")
@@ -105,6 +123,7 @@ def test_flow_matches_the_known_motion_with_the_stamps_sent(ros, receiver):
         assert "ONNX Runtime" in msg.backend and 0 < msg.inference_time < msg.processing_time < 5
         flow, conf = image_to_array(msg.flow), image_to_array(msg.confidence)
         assert np.isfinite(flow).all() and conf.min() >= 0.0 and conf.max() <= 1.0
+        assert_same_as_estimator(msg, estimator.estimate(pair.img1, pair.img2))
         errors.append(epe(flow, pair.flow, pair.valid))
         zero_errors.append(epe(np.zeros_like(pair.flow), pair.flow, pair.valid))
     print(f"EPE {np.mean(errors):.2f} px vs zero flow {np.mean(zero_errors):.2f} px: {np.round(errors, 2)}")
@@ -120,15 +139,15 @@ def test_flow_matches_the_known_motion_with_the_stamps_sent(ros, receiver):
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8", "mono16"])
-def test_every_accepted_encoding_gives_flow(ros, receiver, encoding):
+def test_every_accepted_encoding_gives_flow(ros, receiver, estimator, flow_model, encoding):
     def encode(img):
         if encoding == "bgr8":
             return img[:, :, ::-1].copy(), "bgr8"
         if encoding in ("rgba8", "bgra8"):
             rgb = img if encoding == "rgba8" else img[:, :, ::-1]
             return np.dstack([rgb, np.full(img.shape[:2], 255, np.uint8)]), encoding
-        gray = (img @ np.array([0.299, 0.587, 0.114])).round()
-        return (gray.astype(np.uint8), None) if encoding == "mono8" else ((gray * 257).astype(np.uint16), None)
+        gray = luma(img)
+        return (gray, None) if encoding == "mono8" else ((gray.astype(np.uint16) * 257), None)
 
     start = len(receiver.flows)
     sent = play(burst_plan([0], encode), ros.tmp, ros.env, TOPIC)
@@ -136,7 +155,10 @@ def test_every_accepted_encoding_gives_flow(ros, receiver, encoding):
     assert sent[0]["encoding"] == encoding
     assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"] and stamp_ns(msg.previous_stamp) == sent[0]["stamp_ns"]
     pair = known_motion_pairs()[0]
-    if not encoding.startswith("mono"):  # the test model was fitted to the colour frames only
+    mono = encoding.startswith("mono")
+    frames = (luma(pair.img1), luma(pair.img2)) if mono else (pair.img1, pair.img2)
+    assert_same_as_estimator(msg, estimator.estimate(*frames, encoding="mono8" if mono else "rgb8"))
+    if flow_model.path == SHIPPED_MODEL or not encoding.startswith("mono"):  # a quick fit knows colour frames only
         assert epe(image_to_array(msg.flow), pair.flow, pair.valid) < 0.5 * np.linalg.norm(pair.flow[0, 0])
 
 

@@ -9,8 +9,8 @@ from skimage import data
 
 from mdflow_ros.files import ModelFileError, file_sha256
 from mdflow_ros.inference import BackendUnavailable, FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.estimator import (SHIPPED_FILES, network_size, resize_flow, resize_map, resolve_model,
-                                           shipped_model)
+from mdflow_ros.inference.estimator import (SHIPPED_FILES, WEIGHTS_VARIABLE, network_size, resize_flow, resize_map,
+                                           resolve_model, shipped_model)
 from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.inference.onnx_files import META_SOURCE, onnx_for, onnx_metadata
 from mdflow_ros.models import FastFlowNet
@@ -38,21 +38,27 @@ def estimator(model_file) -> FlowEstimator:
     return FlowEstimator(backend="pytorch", model=model_file, threads=2)
 
 
-def test_no_model_means_the_shipped_teacher_and_never_random_weights():
-    if shipped_model("teacher").is_file():
-        assert FlowEstimator(backend="pytorch").model_path == shipped_model("teacher")
-    else:
-        with pytest.raises(ModelNotShippedError, match="never falls back to untrained weights"):
-            FlowEstimator()
+def test_no_model_means_the_shipped_teacher(monkeypatch):
+    monkeypatch.delenv(WEIGHTS_VARIABLE, raising=False)
+    if not shipped_model("teacher").is_file():
+        pytest.skip("no shipped teacher in this installation")
+    assert FlowEstimator(backend="pytorch").model_path == shipped_model("teacher")
+    for name in SHIPPED_FILES:
+        assert resolve_model(name) == shipped_model(name)
+
+
+def test_without_shipped_models_a_missing_model_is_a_clear_error_never_random_weights(tmp_path, monkeypatch):
+    """An installation whose weights folder is empty ($MDFLOW_WEIGHTS pointing at an empty folder)."""
+    monkeypatch.setenv(WEIGHTS_VARIABLE, str(tmp_path))
+    with pytest.raises(ModelNotShippedError, match="never falls back to untrained weights"):
+        FlowEstimator()
+    for name in sorted(SHIPPED_FILES):
+        with pytest.raises(ModelNotShippedError, match=f"no trained {name} model is shipped in this installation .expected {tmp_path}"):
+            resolve_model(name)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_FILES))
-def test_shipped_models_by_name(name):
-    if shipped_model(name).is_file():
-        assert resolve_model(name) == shipped_model(name)
-    else:
-        with pytest.raises(ModelNotShippedError, match=f"no trained {name} model is shipped"):
-            resolve_model(name)
+def test_a_shipped_models_file_name_is_not_a_path(name):
     with pytest.raises(FileNotFoundError, match="does not exist .or give one of the shipped models: teacher, student"):
         resolve_model(f"{name}.pt")
 

@@ -13,7 +13,9 @@ from mdflow_ros.synthetic import (
     held_out_pairs,
     layered_pair,
     max_motion_flow,
+    occluder_pair,
     photo_library,
+    translated_pair,
 )
 
 SIZE = (96, 128)
@@ -186,3 +188,38 @@ def test_held_out_pairs():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call(photo_library())
+
+
+def _destination_pixels(pair: KnownMotionPair) -> tuple[np.ndarray, np.ndarray]:
+    """img1's valid pixels and img2's pixels at their (integer) destinations."""
+    ys, xs = np.nonzero(pair.valid)
+    u, v = pair.flow[ys, xs, 0].astype(int), pair.flow[ys, xs, 1].astype(int)
+    return pair.img1[ys, xs], pair.img2[ys + v, xs + u]
+
+
+def test_a_translated_pair_moves_every_pixel_by_exactly_its_shift():
+    photo = photo_library()[0]
+    pair = translated_pair(photo, SIZE, (7, -4), (50, 60))
+    assert (pair.flow == (7, -4)).all() and 0.9 < pair.valid.mean() < 1.0
+    first, second = _destination_pixels(pair)
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match="leaves the"):
+        translated_pair(photo, SIZE, (7, -4), (0, 0))
+
+
+def test_an_occluder_pair_marks_exactly_the_background_it_hides():
+    photos = photo_library()
+    patch = photos[1][100:132, 100:132]
+    pair, occluded = occluder_pair(photos[0], patch, SIZE, (50, 60), (2, 1), (30, 40), (10, 5))
+    first, second = _destination_pixels(pair)
+    np.testing.assert_array_equal(first, second)
+    assert (pair.flow[30:62, 40:72] == (10, 5)).all() and (pair.flow[0, 0] == (2, 1)).all()
+    assert occluded.sum() > 0 and not (occluded & pair.valid).any()
+    ys, xs = np.nonzero(occluded)
+    hidden_by = pair.img2[ys + 1, xs + 2]
+    covered = np.zeros(SIZE, bool)
+    covered[35:67, 50:82] = True
+    assert covered[ys + 1, xs + 2].all(), "each occluded pixel lands on the patch in frame 2"
+    assert (hidden_by != pair.img1[ys, xs]).any(axis=1).mean() > 0.9
+    with pytest.raises(ValueError, match="stay inside the frame"):
+        occluder_pair(photos[0], patch, SIZE, (50, 60), (2, 1), (80, 40), (10, 5))
