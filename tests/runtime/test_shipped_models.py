@@ -118,7 +118,10 @@ def test_onnx_runtime_and_pytorch_agree_on_the_shipped_weights(default_estimator
     pair, _ = occluder_scene(inputs)
     ort = FlowEstimator(backend="onnxruntime", threads=THREADS).estimate(pair.img1, pair.img2)
     pt = torch_estimator.estimate(pair.img1, pair.img2)
-    assert np.abs(ort.flow - pt.flow).max() < 0.01 and np.abs(ort.confidence - pt.confidence).max() < 0.01
+    # confidence is a steep function of the forward-backward difference: a 0.002 px flow difference can
+    # move a pixel near its knee by about 0.01, so its bound is on the mean with a looser maximum
+    conf_diff = np.abs(ort.confidence - pt.confidence)
+    assert np.abs(ort.flow - pt.flow).max() < 0.01 and conf_diff.mean() < 1e-3 and conf_diff.max() < 0.05
 
 
 def test_flow_points_where_the_content_moves_on_each_axis(default_measured, inputs):
