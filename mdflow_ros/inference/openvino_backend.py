@@ -40,8 +40,9 @@ CHECK_PAIRS = 3
 CHECK_SEED = 1234
 CALIBRATION_PAIRS = 16
 CALIBRATION_SEED = 777
-"""Held-out pairs (real photos under known motion, at cpu_choice.TIMING_SIZE) of the flow-change
-check, and the calibration pairs of int8 (seeds apart from each other's, as in quantize_onnx)."""
+"""Held-out pairs (real photos under known motion, at cpu_choice.TIMING_SIZE by default) of the
+flow-change check, and the calibration pairs of int8 (seeds apart from each other's, as in
+training/quantize_onnx.py)."""
 MAX_COMPILED_SIZES = 4
 """Network sizes whose compiled models are kept; the least recently used beyond that is dropped."""
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -96,12 +97,11 @@ def _network_input(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
 
-def _check_pairs(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``count`` held-out pairs of real photos as network inputs (needs scikit-image for the photos)."""
+def _check_pairs(count: int, seed: int, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` held-out pairs of real photos at ``size`` as network inputs (needs scikit-image)."""
     from mdflow_ros.synthetic import held_out_pairs
 
-    return [(_network_input(p.img1), _network_input(p.img2))
-            for p in held_out_pairs(count, cpu_choice.TIMING_SIZE, seed=seed)]
+    return [(_network_input(p.img1), _network_input(p.img2)) for p in held_out_pairs(count, size, seed=seed)]
 
 
 class OpenVinoBackend:
@@ -155,71 +155,80 @@ class OpenVinoBackend:
             self.build_int8(xml)
         return self._core.read_model(str(xml))
 
-    def build_int8(self, xml: Path, calibration: int = CALIBRATION_PAIRS, check: int = CHECK_PAIRS) -> dict:
-        """Quantize the fp32 IR with NNCF (calibrated on ``calibration`` real pairs), write it as ``xml``
-        with its manifest, and return the manifest's record (flow change against fp32 on ``check`` pairs)."""
+    def build_int8(self, xml: Path, calibration: int = CALIBRATION_PAIRS, check: int = CHECK_PAIRS,
+                   size: tuple[int, int] = cpu_choice.TIMING_SIZE) -> dict:
+        """Quantize the fp32 IR with NNCF, calibrated on ``calibration`` real pairs at ``size`` (height,
+        width), write it as ``xml`` with its manifest, and return the manifest's record (its mean flow
+        change against fp32 on ``check`` other real pairs)."""
         try:
             import nncf
         except ImportError as err:
             raise BackendUnavailable(f"int8 needs NNCF to quantize the graph ({err}); {EXTRA}") from None
         try:
-            pairs = _check_pairs(calibration, CALIBRATION_SEED)
+            pairs = _check_pairs(calibration, CALIBRATION_SEED, size)
         except ImportError as err:
             raise BackendUnavailable(f"int8 calibration needs real photos: {err}") from None
         LOG.info("quantizing %s to int8 with NNCF (%d calibration pairs; once, cached in %s)",
                  self.onnx_path.name, calibration, xml.parent)
         model = self._fp32.clone()
-        model.reshape({name: [1, 3, *cpu_choice.TIMING_SIZE] for name in INPUT_NAMES})
+        model.reshape({name: [1, 3, *size] for name in INPUT_NAMES})
         dataset = nncf.Dataset(pairs, lambda pair: dict(zip(INPUT_NAMES, pair)))
         quantized = nncf.quantize(model, dataset, subset_size=calibration)
         quantized.reshape({name: [1, 3, -1, -1] for name in INPUT_NAMES})
-        change = self._flow_change(self._fp32, quantized, "f32", check)
+        change = self._flow_change(quantized, "int8", check, size)
         record = {"onnx": str(self.onnx_path), "onnx_sha256": file_sha256(self.onnx_path), "calibration_pairs": calibration,
-                  "check_pairs": check, "flow_change_px": change, "nncf": nncf.__version__}
+                  "check_pairs": check, "check_size": list(size), "flow_change_px": change, "nncf": nncf.__version__}
         _save_ir(quantized, xml, record)
         LOG.info("int8 IR %s: mean flow change against fp32 %.3f px on %d held-out pairs", xml, change, check)
         return record
 
-    def _compile(self, model: ov.Model, hint: str, size: tuple[int, int]) -> ov.CompiledModel:
-        """``model`` reshaped to ``size`` (height, width) and compiled for the CPU with this backend's threads."""
+    def _compile(self, model: ov.Model, precision: str, size: tuple[int, int]) -> ov.CompiledModel:
+        """``model`` reshaped to ``size`` (height, width) and compiled for the CPU at ``precision``'s hint
+        with this backend's threads."""
         model.reshape({name: [1, 3, *size] for name in INPUT_NAMES})
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         return self._core.compile_model(model, "CPU", config)
 
-    def _flow_change(self, reference: ov.Model, model: ov.Model, hint: str, count: int) -> float:
-        """Mean endpoint distance (px) between the flows of fp32 ``reference`` and ``model`` on real pairs."""
-        pairs = _check_pairs(count, CHECK_SEED)
-        ref = self._compile(reference.clone(), "f32", cpu_choice.TIMING_SIZE)
-        new = self._compile(model.clone(), hint, cpu_choice.TIMING_SIZE)
-        change = [float(np.linalg.norm(ref(list(p))[0] - new(list(p))[0], axis=1).mean()) for p in pairs]
+    def _flow_change(self, model: ov.Model, precision: str, count: int,
+                     size: tuple[int, int] = cpu_choice.TIMING_SIZE) -> float:
+        """Mean endpoint distance (px) between the flows of the fp32 graph and ``model`` at ``precision``
+        on ``count`` held-out real pairs at ``size``."""
+        ref = self._compile(self._fp32.clone(), "fp32", size)
+        new = self._compile(model.clone(), precision, size)
+        change = [float(np.linalg.norm(ref(list(p))[0] - new(list(p))[0], axis=1).mean())
+                  for p in _check_pairs(count, CHECK_SEED, size)]
         return float(np.mean(change))
 
-    def _check(self, precision: str, int8: ov.Model | None) -> dict:
-        """This machine's record for a reduced precision: its flow change against fp32 and both one-off
-        timings (cached per CPU, threads, OpenVINO version and graph; measured now when missing)."""
+    def _timed(self, precision: str, model: ov.Model, change: float) -> dict:
+        """This machine's record of a reduced precision: its flow change and its one-off round-robin timing
+        against fp32 (cached per CPU, threads, OpenVINO version and graph; measured now when missing)."""
         key = {"cpu": cpu_choice.cpu_description(), "threads": self.threads or 0, "openvino": ov.__version__,
-               "onnx_sha256": file_sha256(self.onnx_path), "precision": precision}
-        if precision == "int8":
-            key["int8_xml_sha256"] = file_sha256(self._folder / "int8.xml")
+               "onnx_sha256": file_sha256(self.onnx_path), "precision": precision, "flow_change_px": change}
         record = cpu_choice.read_record("openvino-precision", key)
-        if record is not None:
-            return record
-        model = int8 if int8 is not None else self._fp32
-        if int8 is not None:
-            change = json.loads((self._folder / "int8.json").read_text())["flow_change_px"]
-        else:
-            change = self._flow_change(self._fp32, model, _HINTS[precision], CHECK_PAIRS)
-        a, b = cpu_choice.timing_pair()
-        runs = {p: self._compile(m.clone(), _HINTS[p], cpu_choice.TIMING_SIZE) for p, m in
-                (("fp32", self._fp32), (precision, model))}
-        ms = cpu_choice.round_robin_ms({p: (lambda c=c: c([a, b])) for p, c in runs.items()})
-        values = {"flow_change_px": change, "ms": ms[precision], "fp32_ms": ms["fp32"]}
-        path = cpu_choice.write_record("openvino-precision", key, values)
-        LOG.info("OpenVINO %s checked on this CPU: flow change %.3f px, %.1f ms against fp32's %.1f ms (%s)",
-                 precision, change, ms[precision], ms["fp32"], path)
-        return values
+        if record is None:
+            a, b = cpu_choice.timing_pair()
+            runs = {p: self._compile(m.clone(), p, cpu_choice.TIMING_SIZE) for p, m in
+                    (("fp32", self._fp32), (precision, model))}
+            ms = cpu_choice.round_robin_ms({p: (lambda c=c: c([a, b])) for p, c in runs.items()})
+            record = {"ms": ms[precision], "fp32_ms": ms["fp32"]}
+            path = cpu_choice.write_record("openvino-precision", key, record)
+            LOG.info("OpenVINO %s timed on this CPU: %.1f ms against fp32's %.1f ms (%s)",
+                     precision, record["ms"], record["fp32_ms"], path)
+        return record
+
+    def _bf16_change(self) -> float:
+        """bf16's mean flow change against fp32 on this machine (cached like the timings; measured once)."""
+        key = {"cpu": cpu_choice.cpu_description(), "openvino": ov.__version__,
+               "onnx_sha256": file_sha256(self.onnx_path), "pairs": CHECK_PAIRS}
+        record = cpu_choice.read_record("openvino-bf16-change", key)
+        if record is None:
+            record = {"flow_change_px": self._flow_change(self._fp32, "bf16", CHECK_PAIRS)}
+            path = cpu_choice.write_record("openvino-bf16-change", key, record)
+            LOG.info("OpenVINO bf16 checked on this CPU: mean flow change %.3f px against fp32 (%s)",
+                     record["flow_change_px"], path)
+        return record["flow_change_px"]
 
     def _auto_precision(self) -> str:
         """The fastest precision this CPU supports whose checked flow change is below the limit; logs why."""
@@ -228,26 +237,30 @@ class OpenVinoBackend:
             if precision not in self.supported:
                 reasons.append(f"{precision}: not supported by this CPU")
                 continue
-            int8 = None
-            if precision == "int8":
-                xml = self._folder / "int8.xml"
-                if _manifest(xml) is None:
-                    reasons.append("int8: not built for this graph yet (precision=int8 builds it once, with its "
-                                   "flow change recorded)")
-                    continue
-                int8 = self._core.read_model(str(xml))
+            model = self._fp32
             try:
-                record = self._check(precision, int8)
+                if precision == "bf16":
+                    change = self._bf16_change()
+                else:
+                    manifest = _manifest(self._folder / "int8.xml")
+                    if manifest is None:
+                        reasons.append("int8: not built for this graph yet (precision=int8 builds it once, with its "
+                                       "flow change recorded)")
+                        continue
+                    change = manifest["flow_change_px"]
             except ImportError as err:
                 reasons.append(f"{precision}: its flow change cannot be checked here ({err})")
                 continue
-            if record["flow_change_px"] >= FLOW_CHANGE_LIMIT_PX:
-                reasons.append(f"{precision}: moves the flow by {record['flow_change_px']:.2f} px "
-                               f"(limit {FLOW_CHANGE_LIMIT_PX} px)")
-            elif record["ms"] >= record["fp32_ms"]:
+            if change >= FLOW_CHANGE_LIMIT_PX:
+                reasons.append(f"{precision}: moves the flow by {change:.2f} px (limit {FLOW_CHANGE_LIMIT_PX} px)")
+                continue
+            if precision == "int8":
+                model = self._core.read_model(str(self._folder / "int8.xml"))
+            record = self._timed(precision, model, change)
+            if record["ms"] >= record["fp32_ms"]:
                 reasons.append(f"{precision}: not faster than fp32 here ({record['ms']:.0f} vs {record['fp32_ms']:.0f} ms)")
             else:
-                usable[precision] = record
+                usable[precision] = {**record, "flow_change_px": change}
         chosen = min(usable, key=lambda p: usable[p]["ms"]) if usable else "fp32"
         why = (f"{usable[chosen]['ms']:.0f} ms against fp32's {usable[chosen]['fp32_ms']:.0f} ms, flow change "
                f"{usable[chosen]['flow_change_px']:.3f} px" if usable else "no reduced precision qualifies")
@@ -258,7 +271,7 @@ class OpenVinoBackend:
         """The infer request of the model compiled at this network size (compiled at its first use)."""
         size = (height, width)
         if size not in self._requests:
-            self._requests[size] = self._compile(self._model, _HINTS[self.precision], size).create_infer_request()
+            self._requests[size] = self._compile(self._model, self.precision, size).create_infer_request()
             if len(self._requests) > MAX_COMPILED_SIZES:
                 self._requests.popitem(last=False)
         self._requests.move_to_end(size)
