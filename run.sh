@@ -2,8 +2,8 @@
 # mdflow_ros set-up and entry point, for a fresh Debian/Ubuntu machine with Python 3.11+.
 #   bash run.sh demo [ARGS]   the main job: the shipped model through the real node, on real frames
 #   bash run.sh test [ARGS]   the test suite (what CI runs)
-# Both create or reuse the virtual environment .venv/ (PyTorch CPU, ONNX Runtime, OpenCV, the
-# ROS 2 Kilted wheels from PyPI) and build the OpticalFlow message into it.
+# Both create or reuse the virtual environment .venv/ (PyTorch CPU, ONNX Runtime, OpenVINO, OpenCV,
+# the ROS 2 Kilted wheels from PyPI) and build the OpticalFlow message into it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -48,7 +48,7 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     # opencv-contrib-python-headless replaced opencv-python-headless; both own cv2/, so drop the old one first
     "$VENV/bin/python" -m pip uninstall -y -q opencv-python-headless 2>/dev/null || true
-    "$VENV/bin/python" -m pip install -q -e ".[cpu,ros,train,dev]"
+    "$VENV/bin/python" -m pip install -q -e ".[cpu,ros,train,openvino,dev]"
     PYTHON="$VENV/bin/python" bash tools/build_msgs.sh
     echo "$want" > "$STAMP"
   else

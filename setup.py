@@ -10,7 +10,9 @@ disappears when that is the CPU one):
   onnxruntime-gpu, and on a Jetson TensorRT comes with JetPack, so there "gpu" adds PyCUDA and
   onnx only (take ONNX Runtime GPU from NVIDIA's Jetson wheels).
 Pick one of "cpu" and "gpu"; the other extras hold no ONNX Runtime: "torch" adds the PyTorch
-backend and the ONNX export of .pt files; "offline" what mdflow-flow needs to read recordings (bags,
+backend and the ONNX export of .pt files; "openvino" the OpenVINO backend (OpenVINO, NNCF for its
+int8 graph, scikit-image for the real photos its precision checks and int8 calibration use; it
+holds no ONNX Runtime, so it goes with "cpu" or "gpu", or alone); "offline" what mdflow-flow needs to read recordings (bags,
 videos, image folders) and write MCAP; "train" everything training needs; "ros" the ROS 2
 Kilted wheels from PyPI (the pip/.venv set-up); "demo" the photos of the demo; "autocast" NVIDIA
 ModelOpt, which TensorRT 11 needs for FP16 engines (it brings PyTorch and its own ONNX Runtime
@@ -33,6 +35,7 @@ ROS = [
     "ros-ament-package", "catkin-pkg", "cmake>=3.20",
 ]
 DEMO = ["scikit-image>=0.22"]
+OPENVINO = ["openvino>=2025.0", "nncf>=2.16", *DEMO]
 OFFLINE = ["rosbags>=0.11", "mcap>=1.1", "tqdm", "pillow", "pyyaml"]
 TRAIN = [*TORCH, *DEMO, *OFFLINE, "rosbags-image>=0.10", "tensorboard", "matplotlib"]
 DEV = [*TORCH, *DEMO, *OFFLINE, "mcap-ros2-support>=0.5", "pytest>=8", "onnxscript"]
@@ -47,7 +50,7 @@ setup(
     data_files=[("share/mdflow_ros/msg", ["msg/OpticalFlow.msg"])],
     install_requires=RUNTIME,
     extras_require={"cpu": CPU, "gpu": GPU, "torch": TORCH, "offline": OFFLINE, "train": TRAIN, "ros": ROS,
-                    "demo": DEMO, "autocast": AUTOCAST, "dev": DEV},
+                    "demo": DEMO, "autocast": AUTOCAST, "openvino": OPENVINO, "dev": DEV},
     entry_points={"console_scripts": [
         "mdflow-flow = mdflow_ros.cli:main",
         "flow_node = mdflow_ros.node:main",

@@ -1,7 +1,7 @@
 """Launch the mdflow_ros optical-flow node.
 
     ros2 launch mdflow_ros flow.launch.py image_topic:=/camera/image_raw [params_file:=...]
-        [backend:=onnxruntime] [namespace:=robot1] [fastdds_profile:=...]
+        [backend:=openvino] [precision:=bf16] [namespace:=robot1] [fastdds_profile:=...]
 
 The arguments and what they turn into live in mdflow_ros/ros/launch_args.py (tested without
 ROS launch). The node process gets the Fast DDS large-image profile: without it, images

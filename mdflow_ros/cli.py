@@ -26,7 +26,7 @@ import numpy as np
 
 from mdflow_ros.files import ModelFileError
 from mdflow_ros.inference import FlowEstimator, InputError, ModelNotShippedError
-from mdflow_ros.inference.backend import BACKENDS, BackendUnavailable
+from mdflow_ros.inference.backend import BACKENDS, PRECISIONS, BackendUnavailable
 from mdflow_ros.io import write_flow
 from mdflow_ros.io.flow_files import check_flow_path
 from mdflow_ros.io.colorwheel import flow_picture
@@ -46,7 +46,8 @@ def read_rgb(path: str) -> np.ndarray:
 def estimator_from(args: argparse.Namespace) -> FlowEstimator:
     """The FlowEstimator the command line asks for."""
     return FlowEstimator(backend=args.backend, model=args.model, confidence=not args.no_confidence,
-                         threads=args.threads, input_size=tuple(args.input_size) if args.input_size else None)
+                         threads=args.threads, input_size=tuple(args.input_size) if args.input_size else None,
+                         precision=args.precision)
 
 
 def check_pair_outputs(args: argparse.Namespace) -> None:
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="two image files (one pair), or one recording: a bag (rosbag2 directory, .mcap, .db3, "
                              "ROS 1 .bag), a video file or a folder of images")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="OpenVINO precision (auto: the fastest checked one; bf16 and int8: openvino only)")
     parser.add_argument("--model", default=None, help="model file (.pt or .onnx), or 'teacher' / 'student' (shipped); default: the teacher")
     parser.add_argument("--out", default=None,
                         help="pair: the flow (.flo, .png KITTI, .npy); recording: OUT.mcap, a video (.mp4, .avi, "

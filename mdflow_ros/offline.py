@@ -241,12 +241,12 @@ class FlowOutput:
 def flow_sequence(path: str | Path, topic: str | None = None, *, model: str | Path | None = None,
                   backend: str = "auto", input_size: tuple[int, int] | None = None, confidence: bool = True,
                   output_scale: float = 1.0, max_frame_gap: float = MAX_FRAME_GAP_S, threads: int | None = None,
-                  estimator: FlowEstimator | None = None, summary: Summary | None = None) -> Iterator[SequenceFlow]:
+                  precision: str = "auto", estimator: FlowEstimator | None = None, summary: Summary | None = None) -> Iterator[SequenceFlow]:
     """Flow between the consecutive frames of a recording, one pair at a time: (stamp, flow, confidence).
 
     path: a bag (rosbag2 directory, .mcap, .db3, ROS 1 .bag; ``topic`` names its image topic,
     None takes the only one), a video or a folder of images. model, backend, input_size,
-    confidence and threads are FlowEstimator's (or pass a ready ``estimator``); output_scale
+    confidence, threads and precision are FlowEstimator's (or pass a ready ``estimator``); output_scale
     and max_frame_gap the node's parameters. The recording is opened (and errors raised) at
     once; frames are read as the iterator is consumed. ``summary`` collects what was skipped.
     """
@@ -254,7 +254,7 @@ def flow_sequence(path: str | Path, topic: str | None = None, *, model: str | Pa
     try:
         if estimator is None:
             estimator = FlowEstimator(backend=backend, model=model, input_size=input_size, confidence=confidence,
-                                      threads=threads)
+                                      threads=threads, precision=precision)
     except BaseException:
         recording.close()
         raise

@@ -29,6 +29,13 @@ from mdflow_ros.synthetic import KnownMotionPair, camera_motion_pair, photo_libr
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = shipped_model("teacher")
+DEPLOYED_RUNTIMES = ("ONNX Runtime", "OpenVINO")
+"""What backend "auto" may run on a CPU without PyTorch: OpenVINO where it measured faster, else ONNX Runtime."""
+
+
+def runs_deployed(backend_description: str) -> bool:
+    """Whether a backend description is one of the deployed CPU runtimes (no PyTorch)."""
+    return backend_description.startswith(DEPLOYED_RUNTIMES)
 FRAME_SIZE = (480, 640)
 """Camera frames of the flow tests: 640 x 480, as the issue asks."""
 N_PAIRS = 8

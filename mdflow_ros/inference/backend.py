@@ -5,8 +5,11 @@ from typing import Protocol
 
 import numpy as np
 
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "pytorch")
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "openvino", "pytorch")
 """The backend names a user chooses from (estimator, node parameter, CLI, demo); "auto" takes the first that loads."""
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
+"""The OpenVINO precisions a user chooses from; "auto" takes the fastest one the CPU supports whose
+flow change was checked (the other backends run fp32, or their engine's own precision)."""
 
 
 class BackendUnavailable(RuntimeError):

@@ -2,7 +2,7 @@
 
 Used by the node, the CLI, training's evaluation and the benchmarks. It validates and
 converts the frames, resizes them to the network size (multiples of 64), runs a backend
-(TensorRT, ONNX Runtime or PyTorch, all running the same deployed graph) and maps the flow
+(TensorRT, ONNX Runtime, OpenVINO or PyTorch, all running the same deployed graph) and maps the flow
 back to the input resolution with per-axis scaling. It needs no PyTorch: each backend module
 is imported only when that backend is asked for (or tried by "auto").
 """
@@ -21,7 +21,8 @@ import numpy as np
 
 from mdflow_ros.conventions import FRAME_ENCODINGS, MIN_FRAME_SIDE, SIZE_MULTIPLE
 from mdflow_ros.files import ModelFileMissing
-from mdflow_ros.inference.backend import BACKENDS, Backend, BackendUnavailable
+from mdflow_ros.inference.backend import BACKENDS, PRECISIONS, Backend, BackendUnavailable
+from mdflow_ros.inference.cpu_choice import TIMING_SIZE, faster_backend
 
 if TYPE_CHECKING:  # only for the annotation: the estimator runs without PyTorch
     from torch import nn
@@ -30,6 +31,8 @@ LOG = logging.getLogger("mdflow_ros.inference")
 
 WEIGHTS_VARIABLE = "MDFLOW_WEIGHTS"
 """Environment variable naming the folder of the shipped models (default: the package's weights/)."""
+OPENVINO_ONLY = ("bf16", "int8")
+"""Precisions only the openvino backend runs."""
 SHIPPED_FILES = {"teacher": "teacher_fastflownet.pt", "student": "student_raft.pt"}
 """The trained models shipped in the package, by the name a user may give instead of a path."""
 
@@ -127,8 +130,10 @@ def to_rgb_float(img: np.ndarray, encoding: str, name: str) -> np.ndarray:
 class FlowEstimator:
     """Dense optical flow between two frames with a trained MDFlow network.
 
-    backend: "auto" (TensorRT, then ONNX Runtime GPU, ONNX Runtime CPU, then PyTorch; the
-    choice and the reasons are logged), "tensorrt", "onnxruntime" or "pytorch".
+    backend: "auto" (TensorRT, then ONNX Runtime GPU, then OpenVINO where it is installed and
+    measured faster than ONNX Runtime CPU on this CPU (a one-off timing, cached per machine),
+    then ONNX Runtime CPU, then PyTorch; the choice and the reasons are logged), "tensorrt",
+    "onnxruntime", "openvino" or "pytorch".
     model: a model file (.pt, or .onnx for ONNX Runtime), "teacher" or "student" (the shipped
     models), or a network instance for the pytorch backend (training's evaluation); None means
     the shipped teacher.
@@ -136,13 +141,20 @@ class FlowEstimator:
     confidence: compute the confidence map (one batched forward + backward pass); False runs
     the forward pass only, about twice as fast.
     threads: intra-op CPU threads (None: the library default).
+    precision: OpenVINO's "auto" (the fastest the CPU supports whose flow change against fp32 was
+    checked and is under 0.1 px), "fp32", "bf16" or "int8"; the other backends run fp32 (or their
+    engine's precision), so "bf16" and "int8" take OpenVINO only.
     """
 
     def __init__(self, backend: str = "auto", model: str | Path | nn.Module | None = None,
                  input_size: tuple[int, int] | None = None, confidence: bool = True,
-                 threads: int | None = None, device: str = "cpu"):
+                 threads: int | None = None, device: str = "cpu", precision: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision in OPENVINO_ONLY and backend not in ("openvino", "auto"):
+            raise ValueError(f"precision {precision} runs on the openvino backend only (backend is {backend!r})")
         if input_size is not None:
             h, w = input_size
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
@@ -157,6 +169,7 @@ class FlowEstimator:
             self.model = model
         self.input_size = input_size
         self.with_confidence = confidence
+        self.precision = precision
         self.backend: Backend = self._open_backend(backend, threads, device)
         self.last_inference_s = 0.0
         LOG.info("FlowEstimator: %s (model %s)", self.backend.description, self.model_path.name)
@@ -166,18 +179,33 @@ class FlowEstimator:
         makers = {
             "tensorrt": lambda: _backend_class("tensorrt")(path, conf, self.input_size),
             "onnxruntime-gpu": lambda: _backend_class("onnxruntime")(path, conf, gpu=True, threads=threads),
+            "openvino": lambda: _backend_class("openvino")(path, conf, precision=self.precision, threads=threads),
             "onnxruntime": lambda: _backend_class("onnxruntime")(path, conf, threads=threads),
             "pytorch": lambda: _backend_class("pytorch")(self.model, conf, device=device, threads=threads),
         }
         if backend != "auto":
             return makers[backend]()
-        reasons = []
+        reasons, loaded = [], {}
         for name, make in makers.items():
+            if self.precision in OPENVINO_ONLY and name != "openvino":
+                reasons.append(f"{name}: precision {self.precision} runs on openvino only")
+                continue
             try:
-                chosen = make()
+                chosen = loaded.pop(name, None) or make()
             except BackendUnavailable as err:
                 reasons.append(f"{name}: {err}")
                 continue
+            if name == "openvino" and self.precision not in OPENVINO_ONLY:
+                try:
+                    loaded["onnxruntime"] = makers["onnxruntime"]()
+                except BackendUnavailable as err:
+                    reasons.append(f"onnxruntime: {err}")
+                else:
+                    chosen, why = faster_backend(chosen, loaded["onnxruntime"], self.input_size or TIMING_SIZE)
+                    if chosen.name != "openvino":
+                        reasons.append(f"openvino: not clearly faster than ONNX Runtime CPU here ({why})")
+                        continue
+                    reasons.append(f"onnxruntime: slower than OpenVINO here ({why})")
             LOG.info("backend 'auto' chose %s%s", name, "".join(f"; skipped {r}" for r in reasons))
             return chosen
         raise BackendUnavailable("no backend could run this model: " + "; ".join(reasons))
@@ -246,6 +274,7 @@ def resize_flow(flow: np.ndarray, height: int, width: int, area: bool = False) -
 _BACKEND_CLASSES = {
     "tensorrt": ("tensorrt_backend", "TensorRTBackend", "TensorRT, PyCUDA and onnx"),
     "onnxruntime": ("onnxruntime_backend", "OnnxRuntimeBackend", "ONNX Runtime"),
+    "openvino": ("openvino_backend", "OpenVinoBackend", "OpenVINO: pip install 'mdflow_ros[openvino]'"),
     "pytorch": ("torch_backend", "TorchBackend", "PyTorch"),
 }
 """Backend name -> (module in mdflow_ros.inference, class, what it needs)."""

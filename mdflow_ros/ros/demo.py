@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mdflow_ros.inference.backend import BACKENDS
+from mdflow_ros.inference.backend import BACKENDS, PRECISIONS
 from mdflow_ros.inference.estimator import ModelNotShippedError, resolve_model
 from mdflow_ros.io.colorwheel import flow_to_color
 from mdflow_ros.metrics import FlowMetrics, epe
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"rendering {args.pairs} frame pairs with known motion ({args.size[1]}x{args.size[0]})")
     pairs = demo_pairs(args.pairs, tuple(args.size))
     params = write_params(Path(tempfile.mkdtemp(prefix="mdflow_demo_")) / "params.yaml", model=str(args.model),
-                          backend=args.backend, input_height=args.input_size[0], input_width=args.input_size[1],
+                          backend=args.backend, precision=args.precision, input_height=args.input_size[0], input_width=args.input_size[1],
                           threads=args.threads, confidence=True)
     node = start_node(params, env, args.out / "node.log", "-r", f"image:={TOPIC}")
     link = NodeLink(domain, name="mdflow_demo")
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, nargs=2, default=(0, 0), metavar=("H", "W"),
                         help="network input size, multiples of 64 (0 0: frame size rounded)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="OpenVINO precision")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: library default)")
     parser.add_argument("--rate", type=float, default=30.0, help="frame rate within a burst (Hz)")
     parser.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a private one from the pid)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdflow_ros.inference.backend import BACKENDS
+from mdflow_ros.inference.backend import BACKENDS, PRECISIONS
 from mdflow_ros.ros.dds_env import PROFILE_NAME, PROFILE_VARIABLE
 
 LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
@@ -17,6 +17,7 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
      "Camera topic (sensor_msgs/Image; its /compressed sibling with input_transport compressed)."),
     ("params_file", "", "Parameter file of the node; empty: the installed config/flow.yaml."),
     ("backend", "", f"Inference backend ({', '.join(BACKENDS)}); empty: as in params_file."),
+    ("precision", "", f"OpenVINO precision ({', '.join(PRECISIONS)}); empty: as in params_file."),
     ("namespace", "", "Namespace of the node and of its optical_flow topics."),
     ("fastdds_profile", "",
      f"Fast DDS XML profile for large images, set as {PROFILE_VARIABLE}; empty: the installed "
@@ -53,7 +54,7 @@ class FlowNodeLaunch:
 
 
 def flow_node_launch(share_dir: str | Path, image_topic: str, params_file: str = "", backend: str = "",
-                     namespace: str = "", fastdds_profile: str = "") -> FlowNodeLaunch:
+                     namespace: str = "", fastdds_profile: str = "", precision: str = "") -> FlowNodeLaunch:
     """The node for these launch-argument values; share_dir is the package's installed share/mdflow_ros."""
     share_dir = Path(share_dir)
     namespace = namespace.strip("/")
@@ -64,6 +65,8 @@ def flow_node_launch(share_dir: str | Path, image_topic: str, params_file: str =
     )
     if backend:
         launch.parameter_overrides["backend"] = backend
+    if precision:
+        launch.parameter_overrides["precision"] = precision
     if fastdds_profile != "none":
         launch.environment[PROFILE_VARIABLE] = fastdds_profile or str(share_dir / "config" / PROFILE_NAME)
     return launch

@@ -92,7 +92,7 @@ def load_estimator(params: dict[str, Any], log: Any) -> FlowEstimator:
     """
     size = (params["input_height"], params["input_width"]) if params["input_height"] else None
     options = dict(model=params["model"] or None, input_size=size, confidence=params["confidence"],
-                   threads=params["threads"] or None, device=params["device"])
+                   threads=params["threads"] or None, device=params["device"], precision=params["precision"])
     backend, fallback = params["backend"], params["fallback_backend"]
     try:
         return FlowEstimator(backend=backend, **options)

@@ -23,7 +23,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.exceptions import ParameterException
 from rclpy.qos import HistoryPolicy, QoSProfile
 
-from mdflow_ros.inference.backend import BACKENDS
+from mdflow_ros.inference.backend import BACKENDS, PRECISIONS
 from mdflow_ros.ros.pairing import MAX_FRAME_GAP_S
 
 DEFAULT_MAX_INPUT_PIXELS = 3840 * 2160
@@ -75,14 +75,18 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "auto",
-              "Inference backend; auto takes the first that loads of TensorRT, ONNX Runtime (GPU, then CPU) "
-              "and PyTorch.", choices=BACKENDS),
+              "Inference backend; auto takes the first that loads of TensorRT, ONNX Runtime GPU, OpenVINO "
+              "(where installed and measured faster than ONNX Runtime CPU on this CPU), ONNX Runtime CPU and "
+              "PyTorch.", choices=BACKENDS),
     ParamSpec("fallback_backend", "auto",
               "Backend to load when `backend` fails to load; none: exit with an error instead.",
               choices=("none", *BACKENDS)),
     ParamSpec("model", "",
               "Model file (.pt, or .onnx for onnxruntime), or 'teacher' / 'student' for a shipped model. "
               "Empty: the shipped teacher."),
+    ParamSpec("precision", "auto",
+              "OpenVINO precision; auto: the fastest this CPU supports whose flow change against fp32 was checked "
+              "and is under 0.1 px; bf16 and int8 run on the openvino backend only.", choices=PRECISIONS),
     ParamSpec("device", "cpu", "Torch device of the pytorch backend (cpu, cuda, cuda:1, ...)."),
     ParamSpec("threads", 0, "CPU threads for inference; 0: the library's default.", int_range=(0, 256, 1)),
     ParamSpec("input_height", 0,

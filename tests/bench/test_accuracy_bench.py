@@ -1,14 +1,15 @@
-"""bench/accuracy.py, bench/methods.py and bench/latency.py's paired ratio on real photos (no shared data, no weights)."""
+"""bench/accuracy.py, bench/methods.py and bench/latency.py's round-robin timing on real photos (no shared data, no weights)."""
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import accuracy
-from bench.latency import in_child, peak_rss_mb
+from bench.latency import peak_rss_mb
 from bench.methods import make_method
 from mdflow_ros.metrics import epe
 from mdflow_ros.models import FastFlowNet
@@ -57,13 +58,33 @@ def test_peak_memory_of_a_child_is_its_own_not_its_parents():
     assert float(child.stdout) < 0.5 * peak_rss_mb() and ballast.sum() > 0
 
 
-def test_paired_latency_ratio_comes_from_alternating_calls_in_one_child(tmp_path):
+def test_latency_times_methods_round_robin_and_tables_them(tmp_path):
+    from bench import latency
+
+    calls = []
+
+    def sleeper(name, seconds):
+        def run(a, b):
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    a, b = latency.frames(64, 96)
+    ms = latency.round_robin({"slow": sleeper("slow", 0.03), "fast": sleeper("fast", 0.01)}, a, b, runs=4)
+    assert 25 < ms["slow"] < 60 and 8 < ms["fast"] < 0.8 * ms["slow"]
+    assert calls[4:] == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"], "interleaved, order rotating"
     model = tmp_path / "teacher_fastflownet.pt"
     save_model_file(model, FastFlowNet(), {"stage": "stage1"})
-    r = in_child("onnxruntime:flow", str(model), 1, 128, 192, 6, paired=True)
-    assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
-    assert r["ours_ms"] > 0 and r["dis_medium_ms"] > 0
-    assert 0.5 < r["ratio"] / (r["ours_ms"] / r["dis_medium_ms"]) < 2, "median of pair ratios near the ratio of medians"
+    run = latency.make_runner("onnxruntime fp32:flow", str(model), 1, 128, 192)
+    assert run(a, b).shape == (64, 96, 2) and "ONNX Runtime" in run.description
+    data = {"cpu": "test CPU", "python": "3", "runs": 4, "timing": {
+        "fp32_peak_gflops": 100.0, "memory_mb": {"dis-medium": {"96x64": 50.0}},
+        "sizes": {"96x64": {"gflop": 1.0, "ms": {"dis-medium": 10.0, "auto:flow": 40.0},
+                            "descriptions": {"dis-medium": "", "auto:flow": "OpenVINO 1, CPU bf16, 1 threads, x.onnx"}}}}}
+    rows = {line.split("|")[1].strip(): line.split("|") for line in latency.markdown(data, 1).splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert rows["dis-medium"][5].strip() == "1.00" and rows["auto:flow"][5].strip() == "4.00"
+    assert rows["auto:flow"][6].strip() == "25" and rows["auto:flow"][7].strip() == "-", "bf16 has no measured peak"
 
 
 def test_the_benchmarks_name_the_cpu_and_measure_its_peak():

@@ -25,7 +25,7 @@ HAS_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None
 
 def test_launch_arguments_turn_into_namespace_parameters_remappings_and_environment():
     names = [name for name, _, _ in LAUNCH_ARGUMENTS]
-    assert names == ["image_topic", "params_file", "backend", "namespace", "fastdds_profile"]
+    assert names == ["image_topic", "params_file", "backend", "precision", "namespace", "fastdds_profile"]
     default = flow_node_launch("/opt/share/mdflow_ros", "/camera/image_raw")
     assert default.namespace == "" and default.parameter_files == ["/opt/share/mdflow_ros/config/flow.yaml"]
     assert default.parameter_overrides == {}
@@ -37,6 +37,8 @@ def test_launch_arguments_turn_into_namespace_parameters_remappings_and_environm
     assert custom.ros_args() == ["--ros-args", "-r", "__node:=flow_node", "-r", "__ns:=/robot1",
                                  "--params-file", "/p.yaml", "-p", "backend:=pytorch",
                                  "-r", "image:=/cam/rgb/", "-r", "image/compressed:=/cam/rgb/compressed"]
+    bf16 = flow_node_launch("/s", "/cam", backend="openvino", precision="bf16")
+    assert bf16.parameter_overrides == {"backend": "openvino", "precision": "bf16"}
 
 
 def test_the_launch_file_builds_its_node_from_launch_args():

@@ -52,7 +52,7 @@ def other_extra_sets(extras: set[str]):
 
 
 def test_the_extras_are_the_documented_ones(metadata):
-    assert metadata[1] == {"cpu", "gpu", "torch", "offline", "train", "ros", "demo", "autocast", "dev"}
+    assert metadata[1] == {"cpu", "gpu", "torch", "offline", "train", "ros", "demo", "autocast", "openvino", "dev"}
 
 
 @pytest.mark.parametrize("machine", MACHINES)
