@@ -23,7 +23,7 @@ ROWS = {"teacher, ONNX Runtime fp32 (the default)": ("teacher/onnxruntime", 0.01
         "teacher, ONNX Runtime int8": ("teacher/onnxruntime-int8", 0.1),
         "zero flow": ("zero", 0.005)}
 """README row -> (bench method, allowed difference in px): the table rounds to 0.01 px; int8 kernels differ by
-CPU (the table's int8 numbers come from an AVX-512 VNNI machine: 5.75 px on FlyingChairs there, 5.82 on an AVX2
+CPU (an earlier teacher's int8 graph scored 5.75 px on FlyingChairs on an AVX-512 VNNI machine, 5.82 on an AVX2
 AMD EPYC)."""
 
 TEACHER = shipped_model("teacher")
