@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdflow_ros.inference.cpu_choice import cpu_description
+from mdflow_ros.inference.cpu_choice import cpu_description, round_robin_ms
 
 SIZES = ((384, 512), (448, 1024))
 SGEMM_N = 2048
@@ -150,18 +149,8 @@ def make_runner(method: str, model: str | None, threads: int, height: int | None
 
 def round_robin(runners: dict, a: np.ndarray, b: np.ndarray, runs: int) -> dict[str, float]:
     """Median ms of each runner on (a, b), the calls interleaved round-robin after two warm-up rounds."""
-    names = list(runners)
-    for _ in range(2):
-        for name in names:
-            runners[name](a, b)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(runs):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            time.sleep(PAUSE_S)
-            start = time.perf_counter()
-            runners[name](a, b)
-            times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return round_robin_ms({name: (lambda run=run: run(a, b)) for name, run in runners.items()}, runs, warmup=2,
+                          pause_s=PAUSE_S)
 
 
 def memory_child(method: str, model: str | None, threads: int) -> dict[str, float]:

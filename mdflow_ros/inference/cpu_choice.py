@@ -56,15 +56,18 @@ def timing_pair(size: tuple[int, int] = TIMING_SIZE) -> tuple[np.ndarray, np.nda
             np.ascontiguousarray(img[:, :, :height, 2:width + 2]))
 
 
-def round_robin_ms(calls: dict[str, Callable[[], object]], rounds: int = TIMING_ROUNDS) -> dict[str, float]:
+def round_robin_ms(calls: dict[str, Callable[[], object]], rounds: int = TIMING_ROUNDS, warmup: int = 1,
+                   pause_s: float = 0.0) -> dict[str, float]:
     """Median milliseconds of each zero-argument call, the calls interleaved for ``rounds`` rounds
-    (the order rotating every round) after one warm-up round."""
+    (the order rotating every round) after ``warmup`` warm-up rounds, ``pause_s`` seconds before each call."""
     names = list(calls)
-    for name in names:
-        calls[name]()
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
+            time.sleep(pause_s)
             start = time.perf_counter()
             calls[name]()
             times[name].append(1000.0 * (time.perf_counter() - start))
