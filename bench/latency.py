@@ -101,13 +101,11 @@ def method_names(model: str | None) -> list[str]:
     if resolve_model(model).with_suffix(".int8.onnx").is_file():
         names.append("onnxruntime int8:flow")
     try:
-        import openvino
-
-        from mdflow_ros.inference.openvino_backend import cpu_precisions
+        from mdflow_ros.inference.openvino_backend import cpu_precisions, shared_core
     except ImportError:
         supported: tuple[str, ...] = ()
     else:
-        supported = cpu_precisions(openvino.Core())
+        supported = cpu_precisions(shared_core())
     for precision in supported:
         names.append(f"openvino {precision}:flow")
         if precision != "int8":

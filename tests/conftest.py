@@ -53,12 +53,3 @@ def ros(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 patch.delenv(key, raising=False)
         yield RosSetup(domain, env, tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
 
-
-LAST_MODULES = ("test_openvino_backend.py",)
-"""Run after every other test: once OpenVINO's runtime has run in this process, a later test's forked
-DataLoader worker took the whole pytest process down (a segfault, after test_openvino_backend.py, in
-test_classical_partner.py; cause not found). Training processes never load OpenVINO."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name in LAST_MODULES)

@@ -15,6 +15,7 @@ reshaped to each network size, and compiled models are kept per size.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,6 +61,19 @@ _CAPABILITIES = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
 
 class PrecisionUnsupported(BackendUnavailable):
     """The precision asked for cannot run on this CPU (the message names what it supports)."""
+
+
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one OpenVINO Core, kept until the process exits.
+
+    OpenVINO's CPU plugin points the alternate signal stack of the thread that loads it into its own
+    memory, and restores it only on the thread that unloads it. Were the last Core released on another
+    thread (a garbage collection in an executor thread, say), the loading thread would keep a stack in
+    freed memory, and the next signal handled on it (Python's handlers, faulthandler, a DataLoader's
+    SIGCHLD) would kill the process with SIGSEGV. One Core held for the process keeps the plugin loaded.
+    """
+    return ov.Core()
 
 
 def cpu_precisions(core: ov.Core) -> tuple[str, ...]:
@@ -123,7 +137,7 @@ class OpenVinoBackend:
         self.onnx_path = onnx_for(model_path, with_confidence)
         self.with_confidence = with_confidence
         self.threads = threads
-        self._core = ov.Core()
+        self._core = shared_core()
         self.supported = cpu_precisions(self._core)
         cpu = self._core.get_property("CPU", "FULL_DEVICE_NAME")
         if precision not in ("auto", *self.supported):

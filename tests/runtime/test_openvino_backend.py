@@ -24,10 +24,11 @@ from mdflow_ros.inference.openvino_backend import (  # noqa: E402
     PrecisionUnsupported,
     cpu_precisions,
     ir_folder,
+    shared_core,
 )
 
 SIZE = (192, 256)
-SUPPORTED = cpu_precisions(ov.Core())
+SUPPORTED = cpu_precisions(shared_core())
 
 
 @pytest.fixture
@@ -141,6 +142,34 @@ def test_cancel_stops_later_runs(shared_cache, pair):
 
     with pytest.raises(Cancelled):
         est.estimate(pair.img1, pair.img2)
+
+
+def test_a_backend_released_on_another_thread_leaves_signal_handling_intact(tmp_path):
+    """OpenVINO's CPU plugin moves the loading thread's alternate signal stack into its own memory; were the
+    plugin unloaded from another thread, the next Python signal handler (here SIGCHLD's, as a DataLoader
+    installs) would run on freed memory and the process die of SIGSEGV (shared_core keeps it loaded)."""
+    code = """
+import gc, signal, subprocess, threading, time
+from mdflow_ros.inference import FlowEstimator
+from mdflow_ros.synthetic import fixed_demo_pair
+pair = fixed_demo_pair((64, 96))
+box = [FlowEstimator("openvino", threads=1, precision="fp32")]
+box[0].estimate(pair.img1, pair.img2)
+def release():
+    box.clear()
+    gc.collect()
+worker = threading.Thread(target=release)
+worker.start()
+worker.join()
+signal.signal(signal.SIGCHLD, lambda *_: print("SIGCHLD handled", flush=True))
+subprocess.run(["true"], check=True)
+time.sleep(0.2)
+print("alive", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "MDFLOW_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.splitlines()[-2:] == ["SIGCHLD handled", "alive"]
 
 
 def test_without_openvino_the_backend_names_the_extra_and_auto_skips_it(tmp_path):

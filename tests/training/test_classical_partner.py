@@ -72,9 +72,7 @@ def test_partner_flow_from_a_loader_worker_equals_opencv_on_the_same_frames(tmp_
     frames = panned_frames()
     pairs = FramePairs([ImageFolderFrames(write_folder(tmp_path / "seq", frames))],
                        labeler=PairLabeler(ClassicalPartner(ClassicalFlow("dis-medium")), RULE))
-    # a spawned worker: this pytest process has run OpenVINO, ONNX Runtime and OpenCV thread pools, which a
-    # forked child inherits mid-state (a training process has none of them loaded when it forks its workers)
-    loader = DataLoader(pairs, batch_size=None, sampler=[(2, 0)], num_workers=1, multiprocessing_context="spawn")
+    loader = DataLoader(pairs, batch_size=None, sampler=[(2, 0)], num_workers=1)
     item = next(iter(loader))
     fw, bw = dis_medium(frames[2], frames[3]), dis_medium(frames[3], frames[2])
     np.testing.assert_array_equal(item["flow_fw"].permute(1, 2, 0).numpy(), fw)
