@@ -18,6 +18,7 @@ and pictures.png (flow colour images of real pairs, ours against the peers and g
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import datetime
 import json
 import platform
@@ -55,10 +56,13 @@ def default_files(teacher: str | None, student: str | None, int8: str | None) ->
 
 
 def method_names(files: dict[str, Path]) -> list[str]:
-    """Every row this run can measure: ours for each model file present, then the peers, then zero flow."""
+    """Every row this run can measure: ours for each model file present (the teacher on OpenVINO too, at the
+    precision its ``auto`` picks on this CPU, when OpenVINO is installed), then the peers, then zero flow."""
     names = []
     if "teacher" in files:
         names += ["teacher/pytorch", "teacher/onnxruntime"]
+        if importlib.util.find_spec("openvino") is not None:
+            names.append("teacher/openvino")
     if "teacher-int8" in files:
         names.append("teacher/onnxruntime-int8")
     if "student" in files:
@@ -131,6 +135,9 @@ def markdown(results: dict[str, dict], args: argparse.Namespace, files: dict[str
              f"{platform.python_version()}, PyTorch {torch.__version__}, ONNX Runtime {onnxruntime.__version__}, "
              f"OpenCV {cv2.__version__}. Command: `python -m bench.accuracy {' '.join(args.argv)}`.", ""]
     lines += [f"- {role}: `{path.name}` (SHA-256 {file_sha256(path)[:12]})" for role, path in files.items()]
+    if "teacher/openvino" in results:
+        lines.append("- teacher/openvino: the teacher's .onnx in OpenVINO at the precision its `auto` picks on this CPU "
+                     "(bf16 with AVX-512 BF16 or AMX when its checked flow change is under 0.1 px, else fp32)")
     lines += ["", "## Accuracy: EPE (px) / Fl-all (%), lower is better", "",
               "| method | " + " | ".join(f"{s} ({results['zero']['accuracy'][s]['pairs']} pairs)" for s in sets) + " |",
               "|---|" + "---|" * len(sets)]

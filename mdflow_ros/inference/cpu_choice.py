@@ -6,12 +6,17 @@ once per machine and kept as a small JSON record in the cache (``$MDFLOW_CACHE``
 is round-robin (the candidates' calls interleaved, the median of each), so host noise hits
 them alike, and takes a few seconds. A record is keyed by everything that changes the answer:
 the CPU (model name and vector extensions), the thread count, the library versions and the
-graph; a missing, unreadable or foreign record is measured again, never trusted.
+graph; a missing, unreadable or foreign record is measured again, never trusted. A timing during
+which other processes kept the CPUs busy (more than BUSY_SHARE of them, from /proc/stat) decides
+for this run only and is not cached: the runtimes suffer unequally from contention (OpenVINO at
+bf16 went from 55 to 126-210 ms next to a niced training job, ONNX Runtime from 185 to 204 ms), so
+such a timing must not decide for good.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -31,6 +36,8 @@ TIMING_ROUNDS = 5
 CHALLENGER_MARGIN = 0.9
 """A challenger (OpenVINO) replaces the incumbent (ONNX Runtime CPU) only at this fraction of its time
 or less, so that a tie within timing noise keeps the default."""
+BUSY_SHARE = 0.2
+"""Share of the machine's CPU time that other processes may take during a timing for it to be cached."""
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 """The CPU flags that change which runtime or precision is faster."""
 
@@ -96,10 +103,46 @@ def write_record(kind: str, key: dict[str, object], values: dict) -> Path:
     return path
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (every /proc/stat state but idle and iowait),
+    or None where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(measure: Callable[[], dict]) -> tuple[dict, float | None]:
+    """``measure()``'s result and the share (0-1) of the machine's CPU time that other processes used
+    while it ran (None where unknown): all busy CPU time minus this process's, over wall time x CPUs."""
+    busy, own, start = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    result = measure()
+    if busy is None:
+        return result, None
+    wall = time.perf_counter() - start
+    others = (_busy_cpu_seconds() - busy) - (time.process_time() - own)
+    return result, max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+def timed_record(kind: str, key: dict[str, object], measure: Callable[[], dict]) -> tuple[dict, str]:
+    """The record of ``kind`` for ``key``: cached, or ``measure()``d now and cached when the machine was
+    quiet meanwhile (other processes under BUSY_SHARE of the CPU time); and where it came from."""
+    record = read_record(kind, key)
+    if record is not None:
+        return record, f"measured once on this machine: {record_path(kind, key)}"
+    record, share = others_share(measure)
+    if share is not None and share > BUSY_SHARE:
+        return record, (f"measured now while other processes used {share:.0%} of the CPUs: decides for this run only, "
+                        "not cached (measured again at the next start)")
+    return record, f"measured now, cached in {write_record(kind, key, record)}"
+
+
 def faster_backend(challenger: Backend, incumbent: Backend, size: tuple[int, int] = TIMING_SIZE) -> tuple[Backend, str]:
     """The backend to run at ``size`` on this machine, and why: ``challenger`` when it measured at most
     CHALLENGER_MARGIN of ``incumbent``'s time, else ``incumbent``; from the cached record, or from
-    a round-robin timing made now and cached.
+    a round-robin timing made now (and cached if the machine was quiet, see ``timed_record``).
 
     The record is keyed by the CPU, both backends' descriptions (library versions, precision,
     threads, file) and the graph file's digest, so a new library, CPU or model is timed again.
@@ -107,15 +150,14 @@ def faster_backend(challenger: Backend, incumbent: Backend, size: tuple[int, int
     onnx = [str(getattr(b, "onnx_path", "")) for b in (challenger, incumbent)]
     key = {"cpu": cpu_description(), "size": list(size), "backends": [challenger.description, incumbent.description],
            "graphs": [file_sha256(p) if p else "" for p in onnx]}
-    record = read_record("cpu-backend", key)
-    if record is None:
-        a, b = timing_pair(size)
+    a, b = timing_pair(size)
+
+    def measure() -> dict:
         ms = round_robin_ms({"challenger": lambda: challenger.run(a, b), "incumbent": lambda: incumbent.run(a, b)})
-        record = {"challenger_ms": ms["challenger"], "incumbent_ms": ms["incumbent"]}
-        path = write_record("cpu-backend", key, record)
-        where = f"measured now, {TIMING_ROUNDS} round-robin runs at {size[1]}x{size[0]}, cached in {path}"
-    else:
-        where = f"measured once on this machine at {size[1]}x{size[0]}: {record_path('cpu-backend', key)}"
+        return {"challenger_ms": ms["challenger"], "incumbent_ms": ms["incumbent"]}
+
+    record, where = timed_record("cpu-backend", key, measure)
+    where = f"{where}; round-robin at {size[1]}x{size[0]}"
     wins = record["challenger_ms"] <= CHALLENGER_MARGIN * record["incumbent_ms"]
     times = (f"{challenger.name} {record['challenger_ms']:.0f} ms, {incumbent.name} {record['incumbent_ms']:.0f} ms; "
              f"the challenger needs at most {CHALLENGER_MARGIN:.0%} of the time")

@@ -1,7 +1,7 @@
 """Export a network's deployed graph (see models/deploy.py) to ONNX, and cache the exports of model files.
 
 The graph uses standard operators only (opset 17: the 53-offset correlation as
-Pad/Slice/Mul/ReduceMean/Concat, the warp as GridSample), with dynamic height and width
+one blocked MatMul per pyramid level, the warp as GridSample), with dynamic height and width
 (any multiple of 64) and batch 1. The file's metadata records the architecture, whether the
 graph computes confidence, the SHA-256 of the weights it came from and that of its own
 serialized graph (checked when it is read, see ``onnx_files.onnx_metadata``). This module needs

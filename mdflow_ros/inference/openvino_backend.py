@@ -207,9 +207,13 @@ class OpenVinoBackend:
 
     def _compile(self, model: ov.Model, precision: str, size: tuple[int, int]) -> ov.CompiledModel:
         """``model`` reshaped to ``size`` (height, width) and compiled for the CPU at ``precision``'s hint
-        with this backend's threads."""
+        with this backend's threads, not pinned to cores: the teacher with confidence at bf16 (512x384, 2
+        threads, a Xeon with AMX) ran as fast unpinned as pinned on a quiet machine (56-58 against 66-68
+        ms in one round-robin run; 4.72x against 4.67x DIS-medium in two runs of bench/latency.py) and
+        faster next to a niced training job (126 against 161 ms)."""
         model.reshape({name: [1, 3, *size] for name in INPUT_NAMES})
-        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "ENABLE_CPU_PINNING": False}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         return self._core.compile_model(model, "CPU", config)
@@ -225,20 +229,22 @@ class OpenVinoBackend:
         return float(np.mean(change))
 
     def _timed(self, precision: str, model: ov.Model, change: float) -> dict:
-        """This machine's record of a reduced precision: its flow change and its one-off round-robin timing
-        against fp32 (cached per CPU, threads, OpenVINO version and graph; measured now when missing)."""
+        """This machine's record of a reduced precision: its one-off round-robin timing against fp32 (cached per
+        CPU, threads, OpenVINO version, graph and flow change; measured now when missing, see
+        cpu_choice.timed_record)."""
         key = {"cpu": cpu_choice.cpu_description(), "threads": self.threads or 0, "openvino": ov.__version__,
                "onnx_sha256": file_sha256(self.onnx_path), "precision": precision, "flow_change_px": change}
-        record = cpu_choice.read_record("openvino-precision", key)
-        if record is None:
-            a, b = cpu_choice.timing_pair()
+        a, b = cpu_choice.timing_pair()
+
+        def measure() -> dict:
             runs = {p: self._compile(m.clone(), p, cpu_choice.TIMING_SIZE) for p, m in
                     (("fp32", self._fp32), (precision, model))}
             ms = cpu_choice.round_robin_ms({p: (lambda c=c: c([a, b])) for p, c in runs.items()})
-            record = {"ms": ms[precision], "fp32_ms": ms["fp32"]}
-            path = cpu_choice.write_record("openvino-precision", key, record)
-            LOG.info("OpenVINO %s timed on this CPU: %.1f ms against fp32's %.1f ms (%s)",
-                     precision, record["ms"], record["fp32_ms"], path)
+            return {"ms": ms[precision], "fp32_ms": ms["fp32"]}
+
+        record, where = cpu_choice.timed_record("openvino-precision", key, measure)
+        LOG.info("OpenVINO %s on this CPU: %.1f ms against fp32's %.1f ms (%s)", precision, record["ms"],
+                 record["fp32_ms"], where)
         return record
 
     def _bf16_change(self) -> float:

@@ -1,7 +1,8 @@
 """The kernel route for the 53-offset correlation in TensorRT: a CUDA kernel as an AOT Python plugin.
 
 The default TensorRT route needs none of this: the deployed ONNX computes the correlation with
-standard ops (Pad, 53 x Slice/Mul/ReduceMean, Concat per pyramid level). This module provides
+standard ops (``models.correlation.correlation_53``: one blocked MatMul per pyramid level; graphs
+exported before it hold 53 Slice/Mul/ReduceMean planes and a Concat instead). This module provides
 the one alternative, the kernel ``mdflow_ros/kernels/correlation.cu`` run as a TensorRT
 "quickly deployable" plugin with an ahead-of-time implementation (TensorRT >= 10.9): the
 engine embeds the kernel's PTX and TensorRT launches it on its own stream, so the built engine
@@ -139,6 +140,11 @@ def compile_kernel(compute_capability: tuple[int, int], nvcc: str | None = None)
 
 PLANE_WRAPPERS = ("ReduceMean", "Unsqueeze", "Squeeze", "Reshape")
 """Ops allowed between a Concat input and its Mul: the channel mean and layout bookkeeping."""
+BLOCKED_OUTPUT_PATH = ("Div", "Mul", "Transpose", "Slice", "Reshape", "Gather", "Pad")
+"""Ops from a blocked correlation's output back to its MatMul: scale, layout and the skew."""
+BLOCKED_F1_PATH = ("Reshape", "Transpose")
+BLOCKED_F2_PATH = ("Transpose", "Concat", "Slice", "Reshape")
+"""Ops from the MatMul's operands back to the Pads of f1 and of f2 (first inputs followed)."""
 VERIFY_SHAPE = (1, 3, 7, 9)
 """(B, C, H, W) of the random features a candidate subgraph is checked with (odd, smaller than 9 x 9)."""
 VERIFY_TOLERANCE = 1e-5
@@ -200,8 +206,8 @@ def _plane_operands(g: _Graph, plane: str) -> tuple[str, str] | None:
 
     Structure only: back from the plane through PLANE_WRAPPERS (at least one ReduceMean) to a
     Mul; one operand leads through Transposes to f1, the other through Slices and Transposes
-    (at least one Slice) to a Pad whose data input is f2. This covers the channels-first and
-    channels-last exports of ``correlation_53``; whether the subgraph really computes the
+    (at least one Slice) to a Pad whose data input is f2: the channels-first and channels-last
+    plane forms that earlier versions exported; whether the subgraph really computes the
     correlation is decided numerically by ``_verify``.
     """
     name, wrappers = g.root(plane, PLANE_WRAPPERS)
@@ -214,6 +220,27 @@ def _plane_operands(g: _Graph, plane: str) -> tuple[str, str] | None:
         if pad is not None and pad.op_type == "Pad" and any(n.op_type == "Slice" for n in shifts):
             return g.root(a, ("Transpose",))[0], pad.input[0]
     return None
+
+
+def _blocked_operands(g: _Graph, out: str) -> tuple[str, str] | None:
+    """(f1, f2) if ``out`` looks like the blocked form of ``correlation_53``, else None.
+
+    Structure only: back from ``out`` through BLOCKED_OUTPUT_PATH (at least one Gather) to a
+    MatMul whose first operand leads through BLOCKED_F1_PATH to a Pad of f1 and whose second
+    leads through BLOCKED_F2_PATH (at least one Concat) to a Pad of f2; ``_verify`` decides
+    numerically whether it computes the correlation.
+    """
+    name, passed = g.root(out, BLOCKED_OUTPUT_PATH)
+    matmul = g.producer.get(name)
+    if matmul is None or matmul.op_type != "MatMul" or not any(n.op_type == "Gather" for n in passed):
+        return None
+    pad1 = g.producer.get(g.root(matmul.input[0], BLOCKED_F1_PATH)[0])
+    f2_root, windows = g.root(matmul.input[1], BLOCKED_F2_PATH)
+    pad2 = g.producer.get(f2_root)
+    if (pad1 is None or pad2 is None or pad1.op_type != "Pad" or pad2.op_type != "Pad"
+            or not any(n.op_type == "Concat" for n in windows)):
+        return None
+    return pad1.input[0], pad2.input[0]
 
 
 def correlation_numpy(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
@@ -254,25 +281,31 @@ def _verify(g: _Graph, planes: list[str], f1: str, f2: str) -> float | None:
     return float(np.abs(got - expected).max())
 
 
-def _match_correlation(g: _Graph, concat: onnx.NodeProto, planes: list[str]) -> tuple[str, str] | None:
-    """(f1, f2) when the 53 ``planes`` compute the correlation of f1 and f2, None when they are something else.
+def _verified(g: _Graph, where: str, outputs: list[str], operands: tuple[str, str] | None) -> tuple[str, str] | None:
+    """``operands`` (f1, f2) when ``outputs`` compute their correlation, None when they compute something else.
 
     CorrelationGraphError when they have the form of a correlation but compute a different
     one (another offset order, padding or normalisation than conventions.py's).
     """
-    operands = {_plane_operands(g, p) for p in planes}
-    if len(operands) != 1 or None in operands:
+    if operands is None:
         return None
-    f1, f2 = operands.pop()
-    diff = _verify(g, planes, f1, f2)
+    f1, f2 = operands
+    diff = _verify(g, outputs, f1, f2)
     if diff is None:
         return None
     if diff > VERIFY_TOLERANCE:
         raise CorrelationGraphError(
-            f"the 53 inputs of {concat.name!r} have the form of a correlation of {f1!r} and {f2!r} but do not "
-            f"compute the 53-offset correlation (max difference {diff:.3g}): offsets, order or padding differ from "
-            "conventions.CDDC_OFFSETS")
+            f"{where} has the form of a correlation of {f1!r} and {f2!r} but does not compute the 53-offset "
+            f"correlation (max difference {diff:.3g}): offsets, order or padding differ from conventions.CDDC_OFFSETS")
     return f1, f2
+
+
+def _match_planes(g: _Graph, concat: onnx.NodeProto, planes: list[str]) -> tuple[str, str] | None:
+    """(f1, f2) when the 53 ``planes`` (inputs of ``concat``) compute the correlation of f1 and f2, else None."""
+    operands = {_plane_operands(g, p) for p in planes}
+    if len(operands) != 1:
+        return None
+    return _verified(g, f"the 53 inputs of {concat.name!r}", planes, operands.pop())
 
 
 def _remove_dead_nodes(model: onnx.ModelProto) -> None:
@@ -299,12 +332,12 @@ def _remove_dead_nodes(model: onnx.ModelProto) -> None:
 def replace_correlation(model: onnx.ModelProto) -> int:
     """Rewrite ``model`` in place: each standard-op correlation becomes one Correlation53 node.
 
-    A correlation is 53 consecutive inputs of a channel Concat that have the structure of
-    ``mean_c(f1 * shifted Pad(f2))`` for one f1 and f2 (see ``_plane_operands``) and whose
-    subgraph, run in ONNX Runtime on random features, equals ``correlation_numpy(f1, f2)``
-    (so any standard-op export form of ``correlation_53`` is recognised, and nothing else). The
-    new node
-    ``mdflow::Correlation53(f1, f2) -> (B, 53, H, W)`` carries ``plugin_namespace="mdflow"``
+    A correlation is a subgraph of one of two forms whose outputs, run in ONNX Runtime on random
+    features, equal ``correlation_numpy(f1, f2)`` (so a form is recognised by what it computes):
+    the output of ``correlation_53``'s blocked MatMul (see ``_blocked_operands``), or, in graphs
+    exported by earlier versions, 53 consecutive inputs of a channel Concat that have the
+    structure of ``mean_c(f1 * shifted Pad(f2))`` for one f1 and f2 (see ``_plane_operands``).
+    The new node ``mdflow::Correlation53(f1, f2) -> (B, 53, H, W)`` carries ``plugin_namespace="mdflow"``
     and ``aot=1``, which make TensorRT's ONNX parser use the AOT plugin. Returns how many
     correlations were replaced (5 for FastFlowNet); CorrelationGraphError if none.
     """
@@ -313,11 +346,19 @@ def replace_correlation(model: onnx.ModelProto) -> int:
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
     replaced: set[int] = set()
     count = 0
+    for last in [n for n in graph.node if n.op_type in ("Div", "Mul")]:
+        pair = _verified(g, f"{last.name!r}", [last.output[0]], _blocked_operands(g, last.output[0]))
+        if pair is not None:
+            name = f"{PLUGIN_NAMESPACE}_correlation53_{count}"
+            new_nodes[id(last)] = [helper.make_node(PLUGIN_NAME, list(pair), [last.output[0]], name=name,
+                                                    domain=PLUGIN_NAMESPACE, plugin_namespace=PLUGIN_NAMESPACE, aot=1)]
+            replaced.add(id(last))
+            count += 1
     for concat in [n for n in graph.node if n.op_type == "Concat" and g.attr(n, "axis") in (1, -3)]:
         inputs = list(concat.input)
         start = 0
         while start + NUM_OFFSETS <= len(inputs):
-            pair = _match_correlation(g, concat, inputs[start:start + NUM_OFFSETS])
+            pair = _match_planes(g, concat, inputs[start:start + NUM_OFFSETS])
             if pair is None:
                 start += 1
                 continue
@@ -334,8 +375,8 @@ def replace_correlation(model: onnx.ModelProto) -> int:
         del concat.input[:]
         concat.input.extend(inputs)
     if count == 0:
-        raise CorrelationGraphError("no 53-offset correlation subgraph (53 channel means of f1 times a shifted, "
-                                    "padded f2, concatenated) found")
+        raise CorrelationGraphError("no 53-offset correlation subgraph (a blocked MatMul of f1 and the windows of a "
+                                    "padded f2, or 53 channel means of f1 times a shifted, padded f2) found")
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
         ordered.extend(new_nodes.get(id(node), []))

@@ -1,4 +1,4 @@
-"""The 53-offset correlation: reference, fast form and ONNX Runtime agree (random and real features)."""
+"""The 53-offset correlation: reference, fast form (values and gradients), ONNX Runtime and OpenVINO agree."""
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -6,12 +6,7 @@ import torch
 
 from mdflow_ros.conventions import CDDC_CHANNELS, CDDC_OFFSETS
 from mdflow_ros.models import FastFlowNet
-from mdflow_ros.models.correlation import (
-    correlation_53,
-    correlation_53_channels_first,
-    correlation_53_channels_last,
-    correlation_reference,
-)
+from mdflow_ros.models.correlation import CORRELATION_BLOCK, correlation_53, correlation_reference
 
 
 def test_pattern_is_fastflownets_center_dense_dilated_subset():
@@ -33,13 +28,23 @@ def test_reference_matches_a_hand_computed_value():
     assert out.abs().sum() == pytest.approx(5.5)
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 32, 13, 5), (1, 64, 1, 3), (1, 8, 24, 32)])
-def test_fast_forms_match_reference_on_random_features_of_odd_sizes(shape):
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 32, 13, 5), (1, 64, 1, 3), (1, 8, 24, 32), (1, 4, 1, 1),
+                                   (1, 3, 5, CORRELATION_BLOCK + 1)])
+def test_fast_form_matches_reference_on_random_features_of_odd_sizes(shape):
     g = torch.Generator().manual_seed(sum(shape))
     f1, f2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    ref = correlation_reference(f1, f2)
-    torch.testing.assert_close(correlation_53_channels_first(f1, f2), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(correlation_53_channels_last(f1, f2), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(correlation_53(f1, f2), correlation_reference(f1, f2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 21), (1, 16, 3, 4)])
+def test_fast_form_has_the_references_gradients(shape):
+    g = torch.Generator().manual_seed(7)
+    f1, f2 = torch.randn(shape, generator=g, requires_grad=True), torch.randn(shape, generator=g, requires_grad=True)
+    weights = torch.randn(shape[0], 53, *shape[2:], generator=g)
+    fast = torch.autograd.grad((correlation_53(f1, f2) * weights).sum(), (f1, f2))
+    reference = torch.autograd.grad((correlation_reference(f1, f2) * weights).sum(), (f1, f2))
+    for got, expected in zip(fast, reference):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def real_features() -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,14 +59,12 @@ def real_features() -> tuple[torch.Tensor, torch.Tensor]:
     return feats[3][:1], feats[3][1:]
 
 
-def test_fast_forms_match_reference_on_real_features():
+def test_fast_form_matches_reference_on_real_features():
     f1, f2 = real_features()
-    ref = correlation_reference(f1, f2)
-    torch.testing.assert_close(correlation_53(f1, f2), ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(correlation_53_channels_last(f1, f2), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(correlation_53(f1, f2), correlation_reference(f1, f2), atol=1e-5, rtol=1e-4)
 
 
-def test_fast_form_exports_to_standard_onnx_ops_and_runs_in_onnx_runtime(tmp_path):
+def test_fast_form_exports_to_standard_onnx_ops_and_runs_at_other_sizes_in_onnx_runtime_and_openvino(tmp_path):
     class Corr(torch.nn.Module):
         def forward(self, a, b):
             return correlation_53(a, b)
@@ -74,8 +77,13 @@ def test_fast_form_exports_to_standard_onnx_ops_and_runs_in_onnx_runtime(tmp_pat
 
     graph = onnx.load(str(path)).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}, "only standard ONNX operators"
-    assert {"Pad", "Slice", "Mul", "ReduceMean", "Concat"} <= {node.op_type for node in graph.node}
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("MatMul") == 1 and "ReduceMean" not in ops, "one matrix product, no per-offset planes"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for a, b in ((f1, f2), (f1[..., :11, :7], f2[..., :11, :7])):
-        got = session.run(None, {"a": a.numpy(), "b": b.numpy()})[0]
-        np.testing.assert_allclose(got, correlation_reference(a, b).numpy(), atol=1e-5, rtol=1e-4)
+    openvino = pytest.importorskip("openvino")
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for a, b in ((f1, f2), (f1[..., :11, :7], f2[..., :11, :7]), (f1[..., :5, :CORRELATION_BLOCK + 3], f2[..., 2:7, :19])):
+        expected = correlation_reference(a, b).numpy()
+        feeds = {"a": a.numpy(), "b": b.numpy()}
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(compiled(feeds)[0], expected, atol=1e-5, rtol=1e-4)

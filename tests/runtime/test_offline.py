@@ -55,7 +55,9 @@ def bag(tmp_path_factory, frames) -> Path:
 
 @pytest.fixture(scope="module")
 def estimator() -> FlowEstimator:
-    return FlowEstimator(backend="onnxruntime", input_size=tuple(map(int, NET)), threads=1)
+    """What the CLI runs with these tests' options: the default backend ("auto", which reads the same
+    cached timing records, so it picks the same backend and precision) at the network size, 1 thread."""
+    return FlowEstimator(input_size=tuple(map(int, NET)), threads=1)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -72,6 +74,7 @@ def test_a_bag_becomes_an_mcap_with_one_flow_per_pair_that_a_ros2_mcap_reader_de
     assert proc.returncode == 0, proc.stderr
     assert not torch_log.exists(), f"offline flow tried to import {torch_log.read_text().split()}"
     assert "9 frames -> 5 flow pairs" in proc.stdout and any(r in proc.stdout for r in DEPLOYED_RUNTIMES)
+    assert estimator.backend.description in proc.stdout, "the CLI and the estimator run the same backend"
     for cause in ("gap", "frame_id", "size"):
         assert f"skipped 1 pair(s): {cause} (first: " in proc.stdout, proc.stdout
     assert "median" in proc.stdout and "ms per pair" in proc.stdout
@@ -172,6 +175,7 @@ def test_a_folder_of_images_becomes_flow_files_equal_to_the_python_api(tmp_path,
     assert rows[0].startswith("file,previous_frame,frame") and rows[1].startswith("000001,0,1,,,")
     assert cv2.imread(str(out / "000002.png")).shape == (SIZE[0], 3 * SIZE[1], 3)
 
+    assert estimator.backend.description in capsys.readouterr().out
     results = list(flow_sequence(folder, estimator=estimator))
     assert len(results) == 3 and all(stamp is None for stamp, _, _ in results)
     for k, (_, flow, confidence) in enumerate(results, start=1):

@@ -6,13 +6,14 @@ test is skipped and the unsupported-precision error is tested instead.
 """
 import json
 import logging
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from mdflow_ros.inference import BackendUnavailable, FlowEstimator
+from mdflow_ros.inference import BackendUnavailable, FlowEstimator, cpu_choice
 from mdflow_ros.synthetic import fixed_demo_pair
 from support import ROOT, SHIPPED_MODEL
 
@@ -181,7 +182,7 @@ class Block:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
 sys.meta_path.insert(0, Block())
 logging.basicConfig(level=logging.INFO, format="LOG %(message)s")
-from mdflow_ros.inference import BackendUnavailable, FlowEstimator
+from mdflow_ros.inference import BackendUnavailable, FlowEstimator, cpu_choice
 try:
     FlowEstimator("openvino")
 except BackendUnavailable as err:
@@ -198,7 +199,8 @@ print("CHOSE", est.backend.name)
     assert "skipped openvino: the openvino backend cannot be imported here" in proc.stderr
 
 
-def test_auto_measures_once_per_machine_and_logs_why(cache, caplog):
+def test_auto_measures_once_per_machine_and_logs_why(cache, caplog, monkeypatch):
+    monkeypatch.setattr(cpu_choice, "BUSY_SHARE", 1.0)  # cache whatever the host's load (tested below)
     with caplog.at_level(logging.INFO, "mdflow_ros.inference"):
         first = FlowEstimator("auto", threads=2, input_size=(128, 192), confidence=True)
     text = "\n".join(r.getMessage() for r in caplog.records)
@@ -229,6 +231,28 @@ def test_auto_measures_once_per_machine_and_logs_why(cache, caplog):
     with caplog.at_level(logging.INFO, "mdflow_ros.inference"):
         FlowEstimator("auto", threads=2, input_size=(128, 192), confidence=True)
     assert any("(measured now" in r.getMessage() for r in caplog.records), "a damaged record is measured again"
+
+
+def burn_cpus(seconds: float) -> list[subprocess.Popen]:
+    """One busy-looping process per CPU, for ``seconds``."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+
+
+def test_a_timing_next_to_busy_processes_decides_this_run_only_and_is_not_cached(cache, caplog):
+    burners = burn_cpus(120)
+    try:
+        record, share = cpu_choice.others_share(lambda: {"spin": sum(range(3_000_000))})
+        assert share is not None and share > cpu_choice.BUSY_SHARE, f"other processes took {share} of the CPUs"
+        with caplog.at_level(logging.INFO, "mdflow_ros.inference"):
+            estimator = FlowEstimator("auto", threads=2, input_size=(128, 192), confidence=True)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    chose = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("backend 'auto' chose"))
+    assert estimator.backend.name in ("openvino", "onnxruntime") and "decides for this run only, not cached" in chose
+    assert not list((cache / "timings").glob("cpu-backend-*.json")), "a timing on a busy machine is not cached"
 
 
 @pytest.mark.skipif("int8" not in SUPPORTED, reason="this CPU has no int8 support in OpenVINO")

@@ -136,11 +136,12 @@ def test_confidence_is_low_where_the_occluder_hides_the_background(default_measu
     assert shares["reliable_occluded"] < 0.5 * shares["reliable_visible_background"], shares
 
 
-def test_confidence_above_one_half_is_mdflows_reliable_mask(default_estimator, inputs):
-    """The README's claim: confidence > 0.5 is exactly the reliable-match mask that training's stage 2 uses,
-    computed here from the network's forward and backward flows (frames at the network size: no resize)."""
+def test_confidence_above_one_half_is_mdflows_reliable_mask(inputs):
+    """The README's claim: confidence > 0.5 of the fp32 graph is exactly the reliable-match mask that training's
+    stage 2 uses, computed here from the network's forward and backward flows (frames at the network size: no
+    resize). A reduced precision (OpenVINO bf16, which ``auto`` may pick) moves pixels at the threshold."""
     pair, _ = occluder_scene(inputs)
-    conf = default_estimator.estimate(pair.img1, pair.img2).confidence
+    conf = FlowEstimator(backend="onnxruntime", threads=THREADS).estimate(pair.img1, pair.img2).confidence
     graph = DeployedFlow(load_model(TEACHER), with_confidence=False)
     img1, img2 = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255.0 for x in (pair.img1, pair.img2))
     with torch.no_grad():

@@ -20,6 +20,7 @@ from mdflow_ros.conventions import CDDC_OFFSETS, MAX_DISPLACEMENT
 from mdflow_ros.inference import trt_correlation_plugin as plugin
 from mdflow_ros.inference.onnx_export import export_onnx
 from mdflow_ros.models import FastFlowNet
+from mdflow_ros.models import correlation as correlation_module
 from mdflow_ros.models.correlation import correlation_53, correlation_reference
 from support import no_torch_environment
 
@@ -103,7 +104,8 @@ def test_deployed_graph_gets_exactly_five_plugin_nodes_with_the_parser_attribute
         assert attrs == {"plugin_namespace": b"mdflow", "aot": 1}
     assert {(op.domain, op.version) for op in rewritten.opset_import} == {("", 17), ("mdflow", 1)}
     assert {p.key: p.value for p in rewritten.metadata_props}["mdflow.correlation_route"] == "plugin_aot"
-    assert len(rewritten.graph.node) < len(original.graph.node) - 5 * 3 * 53, "the replaced subgraphs are removed"
+    assert [sum(n.op_type == "MatMul" for n in m.graph.node) for m in (original, rewritten)] == [5, 0]
+    assert len(rewritten.graph.node) < len(original.graph.node) - 5 * 20, "the replaced subgraphs are removed"
     onnx.checker.check_model(rewritten)
 
 
@@ -135,15 +137,28 @@ def test_single_correlation_graph_is_rewritten_and_equals_the_reference(tmp_path
     np.testing.assert_allclose(got, correlation_reference(f1, f2).numpy(), atol=1e-5, rtol=1e-5)
 
 
+def test_a_blocked_form_with_other_offsets_is_refused_by_what_it_computes(tmp_path, monkeypatch):
+    monkeypatch.setattr(correlation_module, "_KEPT_COLUMNS", correlation_module._KEPT_COLUMNS[::-1])
+    reordered = export_module(Corr(), tmp_path / "reordered.onnx")
+    with pytest.raises(plugin.CorrelationGraphError, match="does not compute the 53-offset correlation"):
+        plugin.replace_correlation(reordered)
+
+
+def test_the_plane_form_of_earlier_exports_is_still_recognised(tmp_path):
+    planes = export_module(ShiftedPlanes(MAX_DISPLACEMENT, CDDC_OFFSETS), tmp_path / "planes.onnx")
+    assert plugin.replace_correlation(planes) == 1
+    assert [n.op_type for n in planes.graph.node] == ["Correlation53"]
+
+
 def test_recognition_is_by_what_the_subgraph_computes_not_by_its_exact_form(tmp_path):
     wider_pad = export_module(ShiftedPlanes(MAX_DISPLACEMENT + 1, CDDC_OFFSETS), tmp_path / "pad.onnx")
     assert plugin.replace_correlation(wider_pad) == 1, "pad 5 with starts shifted by 5 is the same correlation"
     reordered = export_module(ShiftedPlanes(MAX_DISPLACEMENT, CDDC_OFFSETS[::-1]), tmp_path / "order.onnx")
-    with pytest.raises(plugin.CorrelationGraphError, match="do not compute the 53-offset correlation"):
+    with pytest.raises(plugin.CorrelationGraphError, match="does not compute the 53-offset correlation"):
         plugin.replace_correlation(reordered)
     moved = [(dy + 1, dx) for dy, dx in CDDC_OFFSETS]
     shifted = export_module(ShiftedPlanes(MAX_DISPLACEMENT + 1, moved), tmp_path / "moved.onnx")
-    with pytest.raises(plugin.CorrelationGraphError, match="do not compute the 53-offset correlation"):
+    with pytest.raises(plugin.CorrelationGraphError, match="does not compute the 53-offset correlation"):
         plugin.replace_correlation(shifted)
 
 
