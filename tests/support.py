@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,19 @@ DEPLOYED_RUNTIMES = ("ONNX Runtime", "OpenVINO")
 def runs_deployed(backend_description: str) -> bool:
     """Whether a backend description is one of the deployed CPU runtimes (no PyTorch)."""
     return backend_description.startswith(DEPLOYED_RUNTIMES)
+
+
+def deployed_estimator_as(printed: str, **kwargs):
+    """A FlowEstimator on the deployed runtime (and OpenVINO precision) whose backend description appears in
+    ``printed`` (what a node, the demo or the CLI reports it ran): "auto" may choose differently in two
+    processes when its one-off timing was not cached (a busy machine)."""
+    from mdflow_ros.inference import FlowEstimator
+
+    openvino = re.search(r"OpenVINO [0-9.]+, CPU (\w+),", printed)
+    if openvino:
+        return FlowEstimator(backend="openvino", precision=openvino.group(1), **kwargs)
+    assert "ONNX Runtime" in printed, f"no deployed runtime named in {printed!r}"
+    return FlowEstimator(backend="onnxruntime", **kwargs)
 FRAME_SIZE = (480, 640)
 """Camera frames of the flow tests: 640 x 480, as the issue asks."""
 N_PAIRS = 8

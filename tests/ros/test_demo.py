@@ -10,10 +10,9 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from mdflow_ros.inference import FlowEstimator  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
 from mdflow_ros.ros.demo import demo_pairs  # noqa: E402
-from support import ROOT, SHIPPED_MODEL  # noqa: E402
+from support import ROOT, SHIPPED_MODEL, deployed_estimator_as  # noqa: E402
 
 
 def test_the_demo_waits_for_every_pair_when_inference_is_slower_than_its_bursts(ros, flow_model):
@@ -30,8 +29,8 @@ def test_the_demo_waits_for_every_pair_when_inference_is_slower_than_its_bursts(
 def test_the_demo_with_its_defaults_reports_what_the_estimator_gives(ros, monkeypatch):
     """`bash run.sh demo` with no model or backend given: the shipped teacher on "auto"; the EPE it reports for
     each pair is that of FlowEstimator()'s flow on the same frames, so what it prints is what users get. The
-    estimator here reads the demo's cache, so "auto" reuses the demo's one-off CPU timing (ONNX Runtime or
-    OpenVINO, whichever measured faster on this machine) and runs the same backend."""
+    estimator here runs the backend the demo reports ("auto" picked ONNX Runtime or OpenVINO, whichever
+    measured faster on this machine) and reads the demo's cache."""
     out = ros.tmp / "demo_defaults"
     size = (192, 256)
     proc = subprocess.run([sys.executable, "-m", "mdflow_ros.ros.demo", "--pairs", "2", "--size", *map(str, size),
@@ -41,7 +40,7 @@ def test_the_demo_with_its_defaults_reports_what_the_estimator_gives(ros, monkey
     summary = json.loads((out / "summary.json").read_text())
     assert summary["received"] == 2
     monkeypatch.setenv("MDFLOW_CACHE", ros.env["MDFLOW_CACHE"])
-    estimator = FlowEstimator()
+    estimator = deployed_estimator_as(summary["pairs"][0]["backend"])
     for row, pair in zip(summary["pairs"], demo_pairs(2, size)):
         assert row["model"].startswith(f"{SHIPPED_MODEL.name}@") and row["backend"] == estimator.backend.description
         expected = epe(estimator.estimate(pair.img1, pair.img2).flow, pair.flow, pair.valid)

@@ -16,8 +16,8 @@ from mdflow_ros.io.ros_image import image_to_array  # noqa: E402
 from mdflow_ros.metrics import epe  # noqa: E402
 from mdflow_ros.ros import harness  # noqa: E402
 from mdflow_ros.ros.pairing import stamp_ns  # noqa: E402
-from support import (SHIPPED_MODEL, flow_for_one_pair, known_motion_pairs, no_torch_environment, runs_deployed,  # noqa: E402
-                     start_node, wait_until, write_params)
+from support import (SHIPPED_MODEL, deployed_estimator_as, flow_for_one_pair, known_motion_pairs,  # noqa: E402
+                     no_torch_environment, runs_deployed, start_node, wait_until, write_params)
 
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -60,7 +60,7 @@ def test_without_pytorch_the_node_runs_the_shipped_model_on_onnx_runtime(ros):
         sent, msg = flow_for_one_pair(ros, pair, "/no_torch_cam/image_raw", "a flow from the node without PyTorch")
         assert stamp_ns(msg.header.stamp) == sent[1]["stamp_ns"]
         assert runs_deployed(msg.backend) and msg.model.startswith(f"{SHIPPED_MODEL.name}@")
-        expected = FlowEstimator(input_size=(192, 256)).estimate(pair.img1, pair.img2)
+        expected = deployed_estimator_as(msg.backend, input_size=(192, 256), threads=1).estimate(pair.img1, pair.img2)
         np.testing.assert_allclose(image_to_array(msg.flow), expected.flow, atol=1e-3)
         zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
         assert epe(image_to_array(msg.flow), pair.flow, pair.valid) < 0.3 * zero

@@ -12,11 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from mdflow_ros.inference import FlowEstimator
 from mdflow_ros.io import read_flow
 from mdflow_ros.metrics import epe
 from mdflow_ros.synthetic import fixed_demo_pair
-from support import DEPLOYED_RUNTIMES, ROOT, SHIPPED_MODEL, no_torch_environment
+from support import DEPLOYED_RUNTIMES, ROOT, SHIPPED_MODEL, deployed_estimator_as, no_torch_environment
 
 pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.with_suffix(".onnx").is_file(), reason="no shipped .onnx")
 
@@ -41,7 +40,8 @@ def test_without_pytorch_the_cli_runs_the_shipped_model_on_onnx_runtime(tmp_path
     assert not torch_log.exists(), f"the CLI tried to import {torch_log.read_text().split()}"
     flow, known = read_flow(out)
     assert flow.shape == (192, 256, 2) and known.all() and cv2.imread(str(viz)).shape == (192, 512, 3)
-    np.testing.assert_allclose(flow, FlowEstimator().estimate(pair.img1, pair.img2).flow, atol=1e-4)
+    expected = deployed_estimator_as(proc.stdout, threads=1).estimate(pair.img1, pair.img2)
+    np.testing.assert_allclose(flow, expected.flow, atol=1e-4)
     zero = epe(np.zeros_like(pair.flow), pair.flow, pair.valid)
     assert epe(flow, pair.flow, pair.valid) < 0.3 * zero
 
@@ -72,11 +72,11 @@ def frames(tmp_path_factory) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
 
 def test_mdflow_flow_writes_the_estimators_flow_in_every_format(frames, tmp_path):
     paths, (img1, img2) = frames
-    expected = FlowEstimator(threads=2).estimate(img1, img2)
     outputs = {suffix: tmp_path / f"flow{suffix}" for suffix in (".flo", ".npy", ".png")}
     viz = tmp_path / "viz.jpg"
     proc = _run(*paths, "--out", str(outputs[".flo"]), "--viz", str(viz), "--threads", "2")
     assert proc.returncode == 0, proc.stderr
+    expected = deployed_estimator_as(proc.stdout, threads=2).estimate(img1, img2)
     mag = np.linalg.norm(expected.flow, axis=2)
     assert f"|flow| mean {mag.mean():.2f} px, max {mag.max():.2f} px" in proc.stdout
     assert f"confidence > 0.5 on {100 * (expected.confidence > 0.5).mean():.0f} %" in proc.stdout

@@ -16,7 +16,8 @@ from mdflow_ros.io import read_flo
 from mdflow_ros.io.flow_mcap import FlowMcapWriter
 from mdflow_ros.offline import Summary, flow_sequence
 from mdflow_ros.synthetic import photo_library
-from support import DEPLOYED_RUNTIMES, ROOT, SHIPPED_MODEL, image_array, no_torch_environment, read_mcap, runs_deployed, write_video
+from support import (DEPLOYED_RUNTIMES, ROOT, SHIPPED_MODEL, deployed_estimator_as, image_array, no_torch_environment,
+                     read_mcap, runs_deployed, write_video)
 from training.make_bag import DEFAULT_START_NS, write_sequence_bag
 
 pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.with_suffix(".onnx").is_file(), reason="no shipped .onnx")
@@ -55,9 +56,13 @@ def bag(tmp_path_factory, frames) -> Path:
 
 @pytest.fixture(scope="module")
 def estimator() -> FlowEstimator:
-    """What the CLI runs with these tests' options: the default backend ("auto", which reads the same
-    cached timing records, so it picks the same backend and precision) at the network size, 1 thread."""
-    return FlowEstimator(input_size=tuple(map(int, NET)), threads=1)
+    return FlowEstimator(backend="onnxruntime", input_size=tuple(map(int, NET)), threads=1)
+
+
+def estimator_of(printed: str) -> FlowEstimator:
+    """The estimator the CLI reports it ran (``... on <backend description>``), at these tests' network size
+    and thread count: its default "auto" may choose another runtime in another process on a busy machine."""
+    return deployed_estimator_as(printed, input_size=tuple(map(int, NET)), threads=1)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -65,8 +70,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_a_bag_becomes_an_mcap_with_one_flow_per_pair_that_a_ros2_mcap_reader_decodes(tmp_path, bag, frames,
-                                                                                        estimator):
+def test_a_bag_becomes_an_mcap_with_one_flow_per_pair_that_a_ros2_mcap_reader_decodes(tmp_path, bag, frames):
     torch_log = tmp_path / "torch_imports.log"
     out = tmp_path / "flow.mcap"
     proc = run_cli(str(bag), "--out", str(out), "--output-scale", "0.5",
@@ -74,7 +78,7 @@ def test_a_bag_becomes_an_mcap_with_one_flow_per_pair_that_a_ros2_mcap_reader_de
     assert proc.returncode == 0, proc.stderr
     assert not torch_log.exists(), f"offline flow tried to import {torch_log.read_text().split()}"
     assert "9 frames -> 5 flow pairs" in proc.stdout and any(r in proc.stdout for r in DEPLOYED_RUNTIMES)
-    assert estimator.backend.description in proc.stdout, "the CLI and the estimator run the same backend"
+    estimator = estimator_of(proc.stdout)
     for cause in ("gap", "frame_id", "size"):
         assert f"skipped 1 pair(s): {cause} (first: " in proc.stdout, proc.stdout
     assert "median" in proc.stdout and "ms per pair" in proc.stdout
@@ -161,7 +165,7 @@ def test_a_video_becomes_a_flow_video_with_one_frame_per_pair(tmp_path, capsys, 
     assert np.abs(grey[:, :, 0] - grey[:, :, 2]).mean() < 8, "the confidence panel is grey"
 
 
-def test_a_folder_of_images_becomes_flow_files_equal_to_the_python_api(tmp_path, capsys, estimator):
+def test_a_folder_of_images_becomes_flow_files_equal_to_the_python_api(tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     images = panning(4)
@@ -175,7 +179,7 @@ def test_a_folder_of_images_becomes_flow_files_equal_to_the_python_api(tmp_path,
     assert rows[0].startswith("file,previous_frame,frame") and rows[1].startswith("000001,0,1,,,")
     assert cv2.imread(str(out / "000002.png")).shape == (SIZE[0], 3 * SIZE[1], 3)
 
-    assert estimator.backend.description in capsys.readouterr().out
+    estimator = estimator_of(capsys.readouterr().out)
     results = list(flow_sequence(folder, estimator=estimator))
     assert len(results) == 3 and all(stamp is None for stamp, _, _ in results)
     for k, (_, flow, confidence) in enumerate(results, start=1):
