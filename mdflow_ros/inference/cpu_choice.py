@@ -150,9 +150,8 @@ def faster_backend(challenger: Backend, incumbent: Backend, size: tuple[int, int
     onnx = [str(getattr(b, "onnx_path", "")) for b in (challenger, incumbent)]
     key = {"cpu": cpu_description(), "size": list(size), "backends": [challenger.description, incumbent.description],
            "graphs": [file_sha256(p) if p else "" for p in onnx]}
-    a, b = timing_pair(size)
-
     def measure() -> dict:
+        a, b = timing_pair(size)
         ms = round_robin_ms({"challenger": lambda: challenger.run(a, b), "incumbent": lambda: incumbent.run(a, b)})
         return {"challenger_ms": ms["challenger"], "incumbent_ms": ms["incumbent"]}
 

@@ -234,9 +234,8 @@ class OpenVinoBackend:
         cpu_choice.timed_record)."""
         key = {"cpu": cpu_choice.cpu_description(), "threads": self.threads or 0, "openvino": ov.__version__,
                "onnx_sha256": file_sha256(self.onnx_path), "precision": precision, "flow_change_px": change}
-        a, b = cpu_choice.timing_pair()
-
         def measure() -> dict:
+            a, b = cpu_choice.timing_pair()
             runs = {p: self._compile(m.clone(), p, cpu_choice.TIMING_SIZE) for p, m in
                     (("fp32", self._fp32), (precision, model))}
             ms = cpu_choice.round_robin_ms({p: (lambda c=c: c([a, b])) for p, c in runs.items()})
