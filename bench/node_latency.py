@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from bench.accuracy import time_method
 from bench.latency import peak_rss_mb
 from bench.methods import make_method, ours
 from mdflow_ros.files import file_sha256
+from mdflow_ros.inference.cpu_choice import cpu_description
 from mdflow_ros.inference.estimator import default_model
 from mdflow_ros.ros.frame_player import Plan
 from mdflow_ros.ros.harness import (NodeLink, private_domain, session_environment, start_node, use_session_environment,
@@ -112,7 +112,7 @@ def bare_ms(model: Path, backend: str, threads: int, size: tuple[int, int], runs
 
 def markdown(rows: list[dict], args: argparse.Namespace, model: Path) -> str:
     lines = ["# The node end to end: latency over DDS", "",
-             f"{datetime.date.today().isoformat()}; {platform.machine()} CPU, {os.cpu_count()} cores, inference on "
+             f"{datetime.date.today().isoformat()}; {cpu_description()}, {os.cpu_count()} cores, inference on "
              f"{args.threads} threads; model `{model.name}` (SHA-256 {file_sha256(model)[:12]}); "
              f"rgb8 frames published and received in one other process over Fast DDS (shared memory, the launch "
              f"file's profile), {args.duration:.0f} s per row after 2 s of warm-up. "
