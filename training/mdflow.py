@@ -33,6 +33,7 @@ from mdflow_ros.files import ModelFileError, atomic_write_bytes, file_sha256
 from training.cli import error_line
 from training.config import ConfigError, load_pipeline_config
 from training.stages import check_stage
+from training.stop_signals import TrainingStopped
 from training.train import StageError, train_stage
 from training.trainer import ResumeError
 
@@ -157,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         models = run_pipeline(rounds, configs, args.data, out, args.max_steps_per_stage, args.stage1_model)
     except (StageError, ResumeError, ConfigError, ModelFileError, PipelineError, OSError) as err:
         sys.exit(error_line("mdflow.py", err))
+    except TrainingStopped as err:
+        print(error_line("mdflow.py", err), file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("mdflow.py: interrupted (SIGINT) outside the training loop; the last checkpoint, if any, is kept; "
+              "continue with --resume", file=sys.stderr)
+        return 130
     LOG.info("done: deployable teacher %s, student %s", models["teacher"], models["student"])
     return 0
 

@@ -16,7 +16,9 @@ with the frozen ``--student``. PATH is a rosbag2 (directory,
 checkpoint), the model file (``teacher_fastflownet.pt`` or ``student_raft.pt``) and TensorBoard
 logs under ``tb/``. Checkpoints and model files record their stage, their parent (the frozen
 network's file, else the initial weights) and the files' SHA-256. Works under
-``torchrun --nproc_per_node N``. training/mdflow.py runs all stages in order.
+``torchrun --nproc_per_node N``. training/mdflow.py runs all stages in order. SIGINT or SIGTERM
+stops it after the step in flight, with ``latest.pt`` written at that step (every rank stops at the
+same step; exit status 128 + the signal's number; training/stop_signals.py).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from training.data.training_set import build_training_set
 from training.evaluate import make_validator
 from training.partners import NetworkPartner, PartnerError, classical_partner
 from training.stages import STAGES, check_stage, make_recipe
+from training.stop_signals import TrainingStopped
 from training.trainer import LATEST, ResumeError, Trainer, seed_everything
 
 LOG = logging.getLogger("mdflow_ros.training")
@@ -186,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         train_stage(cfg, args.data, args.out, args.resume, args.max_steps, args.init, frozen)
     except (StageError, ResumeError, ConfigError, ModelFileError, PartnerError, OSError) as err:
         sys.exit(error_line("train.py", err))
+    except TrainingStopped as err:
+        print(error_line("train.py", err), file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("train.py: interrupted (SIGINT) outside the training loop; the last checkpoint, if any, is kept; "
+              "continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

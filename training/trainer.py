@@ -5,7 +5,8 @@ what every stage needs: the resumable data stream, Adam and its learning-rate sc
 an exponential moving average of the weights (``train.ema_decay``), atomic checkpoints with
 the full RNG state (``--resume`` continues exactly), a tqdm bar, TensorBoard scalars and
 pictures, periodic validation on ground-truth pairs, gradient clipping and mixed precision
-on GPUs.
+on GPUs, and a stop on SIGINT/SIGTERM after the step in flight with a checkpoint at that step
+(training/stop_signals.py; every rank stops at the same step).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from training.augment import AugmentConfig, Augmentor
 from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from training.config import check_choices, resume_differences
 from training.sampler import ResumableSampler
+from training.stop_signals import StopSignals, TrainingStopped, ignore_in_worker
 
 LOG = logging.getLogger("mdflow_ros.training")
 
@@ -178,10 +180,23 @@ class Trainer:
                                    rank=self.rank, world=self.world)
         workers = d["num_workers"]
         return DataLoader(self.dataset, batch_size=t["batch_size"], sampler=sampler, num_workers=workers,
-                          collate_fn=_collate, persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+                          collate_fn=_collate, persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                          worker_init_fn=ignore_in_worker if workers else None)
 
     def run(self, max_steps: int | None = None) -> int:
-        """Train until the configured step count (or ``max_steps`` more steps); returns the final step."""
+        """Train until the configured step count (or ``max_steps`` more steps); returns the final step.
+        Raises TrainingStopped, after writing the checkpoint, when a SIGINT or SIGTERM arrived."""
+        with StopSignals() as signals:
+            return self._run(max_steps, signals)
+
+    def _stop_signal(self, signals: StopSignals) -> int:
+        """The stop signal's number if any rank received one (0: none), agreed on by all ranks."""
+        received = torch.tensor([signals.received or 0])
+        if self.world > 1:
+            dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        return int(received)
+
+    def _run(self, max_steps: int | None, signals: StopSignals) -> int:
         t = self.cfg["train"]
         end = t["steps"] if max_steps is None else min(t["steps"], self.step + max_steps)
         net = DistributedDataParallel(self.model) if self.world > 1 else self.model
@@ -220,8 +235,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", pairs_s=f"{rate:.2f}")
                 for key, value in terms.items():
                     writer.add_scalar(f"train/{key}", value, self.step)
-            if self.step % t["checkpoint_every"] == 0 or self.step == end:
+            stop = self._stop_signal(signals)
+            if stop or self.step % t["checkpoint_every"] == 0 or self.step == end:
                 self.save()
+            if stop:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+                if self.world > 1:
+                    dist.barrier()
+                raise TrainingStopped(stop, self.step, str(self.checkpoint_path))
             if self.validate and self.rank == 0 and (self.step % t["val_every"] == 0 or self.step == end):
                 deployed = self._deployed_model()
                 for key, value in self.validate(deployed, self.step).items():
