@@ -165,6 +165,15 @@ def test_a_video_becomes_a_flow_video_with_one_frame_per_pair(tmp_path, capsys, 
     assert np.abs(grey[:, :, 0] - grey[:, :, 2]).mean() < 8, "the confidence panel is grey"
 
 
+def test_without_confidence_the_flow_video_has_the_frame_and_the_flow_only(tmp_path, capsys):
+    source = write_video(tmp_path / "in.mp4", panning(4), fps=15.0)
+    out = tmp_path / "flow.mp4"
+    assert cli.main([str(source), "--out", str(out), "--input-size", *NET, "--threads", "1", "--no-confidence"]) == 0
+    assert "video " in capsys.readouterr().out
+    pictures = video_frames(out)
+    assert len(pictures) == 3 and pictures[0].shape == (SIZE[0], 2 * SIZE[1], 3), "frame | flow"
+
+
 def test_a_folder_of_images_becomes_flow_files_equal_to_the_python_api(tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
